@@ -1,0 +1,77 @@
+# Adafactor reproduction — the front door. `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# CPU wheel by default (a file on disk here). A GPU user either installs their CUDA torch into $(VENV)
+# first (it is kept: torch is only installed when missing) or passes TORCH='torch==X.Y.Z'.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+# Knobs of the data, training and reproduction targets.
+SCALE       ?= $(shell [ -x $(PY) ] && $(PY) -c "import torch;print('gpu' if torch.cuda.is_available() else 'cpu')" 2>/dev/null || echo cpu)
+DATA        ?=
+DATA_DIR    ?=
+EXPERIMENTS ?=
+LAUNCHER    ?=
+ARGS        ?=
+
+help: ## List the targets and their knobs
+	@echo "Adafactor (Shazeer & Stern 2018) on WMT14 En-De — make targets:"
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@echo
+	@echo "Knobs: SCALE=cpu|gpu (auto: $(SCALE))  DATA=wmt14|multi30k  DATA_DIR=<local copy>"
+	@echo "       EXPERIMENTS=afx_adam,afx_adafactor  LAUNCHER=slurm  ARGS='<extra hydra overrides>'"
+	@echo "       VENV=$(VENV)  TORCH=$(TORCH)"
+
+$(STAMP): pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null && echo "torch already installed in $(VENV): keeping it" \
+		|| $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(STAMP) ## Create the venv (.venv) and install torch (CPU wheel unless present) and the package
+	@$(PY) -c "import torch, adafactor_repro; print('torch', torch.__version__, '| cuda', torch.cuda.is_available())"
+
+test: $(STAMP) ## Run the test suite (what CI runs)
+	WANDB_MODE=disabled HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+
+lint: $(STAMP) ## ruff check
+	$(VENV)/bin/ruff check src scripts tests
+
+data: $(STAMP) ## Build data: DATA=wmt14 (hub) | DATA=multi30k DATA_DIR=../shared/data/multi30k (local)
+	$(PY) scripts/prepare_data.py scale=$(SCALE) $(if $(DATA),data=$(DATA)) $(if $(DATA_DIR),data.local_dir=$(abspath $(DATA_DIR))) $(ARGS)
+
+train: $(STAMP) ## One training run: make train ARGS='experiments=afx_adafactor schedule=no_warmup'
+	$(PY) scripts/train.py scale=$(SCALE) $(if $(DATA_DIR),data.local_dir=$(abspath $(DATA_DIR))) $(ARGS)
+
+evaluate: $(STAMP) ## BLEU of a run: make evaluate ARGS='run_dir=runs/cpu/afx_adam-warmup'
+	$(PY) scripts/evaluate.py $(ARGS)
+
+reproduce: $(STAMP) ## The paper's optimizer comparison at SCALE, then the tables and plots
+	$(PY) scripts/reproduce.py --scale $(SCALE) $(if $(DATA_DIR),--data-dir $(abspath $(DATA_DIR))) \
+		$(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(ARGS)
+
+tabulate: $(STAMP) ## Rebuild results/<scale>/ tables and plots from the run directories
+	$(PY) scripts/tabulate.py --scale $(SCALE) $(ARGS)
+
+bench: bench-optim bench-data bench-train ## All benchmarks (project against its peers, ratios printed)
+
+bench-optim: $(STAMP) ## Optimizer step time and state memory vs torch.optim / transformers
+	$(PY) scripts/bench_optim.py $(ARGS)
+
+bench-data: $(STAMP) ## Encode throughput, scaling, padding efficiency, peak memory
+	$(PY) scripts/bench_data.py $(ARGS)
+
+bench-train: $(STAMP) ## Training tokens/s and beam search vs a MarianMTModel of the same size
+	$(PY) scripts/bench_train.py $(ARGS)
+
+clean: ## Remove caches (keeps .venv, data/ and runs/)
+	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: help install test lint data train evaluate reproduce tabulate bench bench-optim bench-data bench-train clean
