@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""The paper's optimizer comparison end to end: data -> sentencepiece -> train each experiment ->
+evaluate -> tabulate. `make reproduce` calls this.
+
+    python scripts/reproduce.py --scale cpu --data-dir ../shared/data/multi30k
+    python scripts/reproduce.py --scale cpu --sweep core                     # 10 runs
+    python scripts/reproduce.py --experiments afx_adam,afx_adafactor --schedules no_warmup
+    python scripts/reproduce.py --scale gpu --launcher slurm                 # the grid as SLURM jobs
+
+Each cell runs in its own process, so one crash cannot take the sweep down. A rerun skips finished runs
+(completed or diverged) and resumes interrupted ones from their checkpoint_last.pt. Extra Hydra overrides
+after `--` go to every training run (e.g. `-- trainer.max_update=200`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = ROOT / "configs" / "sweep"
+
+
+def sweep_cells(sweep: str) -> tuple[list[str], list[str]]:
+    """(experiments, schedules) of a committed sweep file: the single list of the grid."""
+    path = SWEEPS / f"{sweep}.yaml"
+    if not path.exists():
+        known = ", ".join(p.stem for p in sorted(SWEEPS.glob("*.yaml")))
+        raise SystemExit(f"unknown sweep {sweep!r}: no {path}; known sweeps: {known}")
+    params = yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"]
+    return params["experiments"].split(","), params["schedule"].split(",")
+
+
+def run_status(run_dir: Path) -> str:
+    """missing | running (interrupted or in progress) | completed | diverged, from summary.json."""
+    import json
+
+    p = run_dir / "summary.json"
+    if not p.exists():
+        return "missing"
+    try:
+        return json.loads(p.read_text()).get("status", "running")
+    except json.JSONDecodeError:
+        return "running"
+
+
+def sh(cmd: list[str], dry: bool) -> int:
+    print("+", " ".join(cmd), flush=True)
+    if dry:
+        return 0
+    return subprocess.call(cmd, cwd=ROOT, env={**os.environ, "ADAFACTOR_REPRO_ROOT": str(ROOT)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", default="cpu", help="cpu | gpu | vaswani (configs/scale)")
+    ap.add_argument("--sweep", default="paper", help="a file of configs/sweep/ (paper: the full grid; core)")
+    ap.add_argument("--experiments", help="comma-separated subset of the sweep's experiments")
+    ap.add_argument("--schedules", help="comma-separated subset of warmup,no_warmup")
+    ap.add_argument("--data-dir", help="local copy of the corpus (data.local_dir)")
+    ap.add_argument("--launcher", default="local", choices=["local", "slurm"])
+    ap.add_argument("--dry-run", action="store_true", help="print the commands only")
+    args = ap.parse_args(argv)
+
+    exps, scheds = sweep_cells(args.sweep)
+    if args.experiments:
+        wanted = args.experiments.split(",")
+        unknown = sorted(set(wanted) - {p.stem for p in (ROOT / "experiments").glob("*.yaml")})
+        if unknown:
+            raise SystemExit(f"unknown experiment(s) {unknown}: see the files in experiments/")
+        exps = wanted
+    if args.schedules:
+        scheds = args.schedules.split(",")
+    py = sys.executable
+    common = [f"scale={args.scale}", *([f"data.local_dir={Path(args.data_dir).resolve()}"] if args.data_dir else [])]
+
+    # 1. data + sentencepiece (cached by a hash of the inputs; the training runs reuse it)
+    if sh([py, "scripts/prepare_data.py", *common, *extra], args.dry_run) != 0:
+        print("data preparation failed; see the message above", file=sys.stderr)
+        return 1
+
+    # 2. training (+ BLEU at the end of each run)
+    failed: list[str] = []
+    if args.launcher == "slurm":
+        rc = sh([py, "scripts/train.py", "-m", "hydra/launcher=slurm", *common, f"experiments={','.join(exps)}",
+                 f"schedule={','.join(scheds)}", *extra], args.dry_run)
+        if rc != 0:
+            failed.append("slurm sweep")
+    else:
+        cells = [(e, s) for e in exps for s in scheds]
+        for k, (exp, sched) in enumerate(cells, 1):
+            run_dir = ROOT / "runs" / args.scale / f"{exp}-{sched}"
+            status = run_status(run_dir)
+            tag = f"[{k}/{len(cells)}] {exp} {sched}"
+            if status in ("completed", "diverged") and (status == "diverged" or (run_dir / "bleu.json").exists()):
+                print(f"{tag}: {status}, skipped", flush=True)
+                continue
+            if status != "completed":
+                print(f"{tag}: {'resuming' if status == 'running' else 'training'}", flush=True)
+                rc = sh([py, "scripts/train.py", *common, f"experiments={exp}", f"schedule={sched}", *extra],
+                        args.dry_run)
+                if rc != 0:
+                    failed.append(f"{exp}-{sched} (exit {rc})")
+                    continue
+            if not args.dry_run and run_status(run_dir) == "completed" and not (run_dir / "bleu.json").exists():
+                if sh([py, "scripts/evaluate.py", f"run_dir={run_dir}"], args.dry_run) != 0:
+                    failed.append(f"{exp}-{sched} (evaluation)")
+
+    # 3. tables and plots
+    sh([py, "scripts/tabulate.py", "--scale", args.scale], args.dry_run)
+    if failed:
+        print("runs that failed (rerun `make reproduce` to retry them): " + ", ".join(failed), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Reading a run directory: config.yaml, summary.json, bleu.json, metrics.jsonl (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    summary: dict[str, Any]
+    bleu: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.summary.get("name") or self.config.get("name") or self.path.name)
+
+    @property
+    def warmup(self) -> bool:
+        return bool(self.config.get("schedule", {}).get("linear_warmup", True))
+
+    @property
+    def schedule(self) -> str:
+        return str(self.summary.get("schedule") or ("warmup" if self.warmup else "no_warmup"))
+
+    def series(self, key: str, split: str = "train") -> tuple[list[int], list[float]]:
+        """(updates, values) of one logged quantity; entries without it are skipped."""
+        xs, ys = [], []
+        for m in self.metrics:
+            if m.get("split", "train") == split and m.get(key) is not None:
+                xs.append(int(m.get("update", m.get("step", 0))))
+                ys.append(float(m[key]))
+        return xs, ys
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); delete it or rerun the run that writes it") from e
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            # A run killed mid-write can leave a torn last line; the lines before it are still good.
+            continue
+    return out
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    cfg_path = path / "config.yaml"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{path}: no config.yaml, so this is not a run directory")
+    config = yaml.safe_load(cfg_path.read_text()) or {}
+    return Run(
+        path=path,
+        config=config,
+        summary=_read_json(path / "summary.json"),
+        bleu=_read_json(path / "bleu.json"),
+        metrics=_read_jsonl(path / "metrics.jsonl"),
+    )
+
+
+def find_runs(root: str | Path) -> list[Run]:
+    """Every run directory directly under `root` (runs/<scale>/<name>-<schedule>), sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [load_run(p) for p in sorted(root.iterdir()) if (p / "config.yaml").exists()]
