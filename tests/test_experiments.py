@@ -106,3 +106,16 @@ def test_experiment_instantiates_its_optimizer_and_schedule(repo_root, name):
     sched.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert opt.param_groups[0]["lr"] > 0
+
+
+def test_slurm_launcher_composes(repo_root):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = _compose(repo_root, ["hydra/launcher=slurm", "scale=gpu", "+sweep=paper"])
+    assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_vaswani_scale_accumulates_to_25k_tokens(repo_root):
+    cfg = _compose(repo_root, ["scale=vaswani", "experiments=vaswani_adam"])
+    assert cfg.trainer.max_tokens * cfg.trainer.update_freq >= 24_000
+    assert cfg.model.d_model == 512 and cfg.data.name == "wmt14"
