@@ -1,0 +1,249 @@
+"""Checkpoint files of a run directory (docs/architecture.md, "train").
+
+One resumable dict per file: `model`, `optimizer`, `scheduler`, `sampler`, `rng`, `update`, `epoch`,
+`config`, `model_args`, `data_dir`, `git_commit` (+ loop counters). Everything in it is a tensor or a plain
+Python value, so `torch.load(weights_only=True)` (no pickle code execution) reads it back.
+
+Writes are atomic: the bytes go to a temporary file in the same directory, are fsynced, then renamed over
+the target, so a crash mid-write leaves the previous file intact. `checkpoint_last.pt` is written once per
+save; `checkpoint_best.pt` and the periodic `checkpoint_<update>.pt` are hard links to that same inode
+(no second write of a large file), falling back to a copy where the filesystem has no links.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LAST = "checkpoint_last.pt"
+BEST = "checkpoint_best.pt"
+_PERIODIC = re.compile(r"^checkpoint_(\d+)\.pt$")
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "sampler", "rng", "update", "epoch", "config")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be read (truncated, corrupt, or not a checkpoint of this project)."""
+
+
+# ----------------------------------------------------------------------------------------------- RNG
+def rng_state() -> dict[str, Any]:
+    """All RNG states as tensors / plain values (numpy's key array becomes a tensor for the safe loader)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "name": np_state[0],
+            "key": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    # the safe loader returns lists where tuples were saved; random.setstate wants tuples
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            warnings.warn(
+                f"checkpoint holds CUDA RNG states of {len(cuda)} devices, this process sees "
+                f"{torch.cuda.device_count()}: CUDA RNG not restored (dropout masks will differ)",
+                stacklevel=2,
+            )
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """HEAD of the repository holding this package (None outside a git checkout)."""
+    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------- writing
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _atomic_link(src: Path, dst: Path) -> None:
+    """dst becomes another name of src's file, atomically (link to a temp name, then rename)."""
+    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def periodic_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """[(update, path)] of the checkpoint_<update>.pt files, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for p in run_dir.iterdir():
+        m = _PERIODIC.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(
+    state: dict[str, Any],
+    run_dir: str | Path,
+    *,
+    periodic: bool = False,
+    best: bool = False,
+    keep_last: int = 3,
+) -> Path:
+    """Write checkpoint_last.pt; link it as checkpoint_<update>.pt and/or checkpoint_best.pt; prune the
+    periodic ones to the newest `keep_last` (keep_last <= 0 keeps all)."""
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"checkpoint state lacks {missing}")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    last = run_dir / LAST
+    atomic_torch_save(state, last)
+    if periodic:
+        _atomic_link(last, run_dir / f"checkpoint_{int(state['update'])}.pt")
+        if keep_last > 0:
+            for _, p in periodic_checkpoints(run_dir)[:-keep_last]:
+                p.unlink(missing_ok=True)
+    if best:
+        _atomic_link(last, run_dir / BEST)
+    return last
+
+
+# ----------------------------------------------------------------------------------------- reading
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint dict, read with the safe (weights-only) unpickler; CheckpointError names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, bad magic, unsafe global, ... all mean "this file is unusable"
+        raise CheckpointError(
+            f"{path}: corrupt or truncated checkpoint, cannot be loaded ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). Delete it to resume from an earlier checkpoint."
+        ) from e
+    if not isinstance(state, dict) or any(k not in state for k in ("model", "update")):
+        raise CheckpointError(
+            f"{path}: not a checkpoint of this project (expected a dict with 'model' and 'update')"
+        )
+    return state
+
+
+def resume_candidates(run_dir: str | Path) -> list[Path]:
+    """Files to resume from, newest first: checkpoint_last.pt, periodic ones by update, checkpoint_best.pt."""
+    run_dir = Path(run_dir)
+    cands = [run_dir / LAST] + [p for _, p in reversed(periodic_checkpoints(run_dir))] + [run_dir / BEST]
+    return [p for p in cands if p.is_file()]
+
+
+def find_resume_checkpoint(
+    run_dir: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], Path] | None:
+    """The newest readable checkpoint of `run_dir` (None when it has none).
+
+    An unreadable file is reported by name and skipped in favour of the previous one; if every file is
+    unreadable, the run stops rather than silently start over.
+    """
+    cands = resume_candidates(run_dir)
+    errors = []
+    for p in cands:
+        try:
+            state = load_checkpoint(p, map_location)
+        except CheckpointError as e:
+            errors.append(str(e))
+            warnings.warn(f"{e} Falling back to the previous checkpoint.", stacklevel=2)
+            continue
+        if missing := [k for k in REQUIRED_KEYS if k not in state]:
+            errors.append(f"{p}: lacks {missing}, cannot resume from it")
+            warnings.warn(errors[-1], stacklevel=2)
+            continue
+        return state, p
+    if errors:
+        raise CheckpointError(
+            "no usable checkpoint to resume from:\n  " + "\n  ".join(errors)
+            + "\nDelete the run directory to start over."
+        )
+    return None
+
+
+# --------------------------------------------------------------------------------------- averaging
+def average_checkpoints(paths: Iterable[str | Path]) -> dict[str, Any]:
+    """The newest checkpoint's dict with `model` replaced by the element-wise mean of the models.
+
+    Floating-point tensors are accumulated in float64 then cast back; integer buffers are taken from the
+    newest file. Optimizer state is dropped (an average is for evaluation, not for resuming).
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("average_checkpoints: no input files")
+    sums: dict[str, torch.Tensor] = {}
+    newest = None
+    for i, p in enumerate(paths):
+        state = load_checkpoint(p)
+        model = state["model"]
+        if i == 0:
+            keys = set(model)
+            sums = {k: v.double().clone() if v.is_floating_point() else v for k, v in model.items()}
+        else:
+            if set(model) != keys:
+                raise CheckpointError(f"{p}: parameter names differ from {paths[0]}; not the same model")
+            for k, v in model.items():
+                if v.shape != sums[k].shape:
+                    raise CheckpointError(f"{p}: {k} has shape {tuple(v.shape)}, {paths[0]} {tuple(sums[k].shape)}")
+                if v.is_floating_point():
+                    sums[k] += v.double()
+                else:
+                    sums[k] = v
+        if newest is None or int(state["update"]) >= int(newest["update"]):
+            newest = state
+    avg = {k: (v / len(paths)).to(newest["model"][k].dtype) if v.is_floating_point() else v for k, v in sums.items()}
+    out = {k: v for k, v in newest.items() if k not in ("optimizer", "scheduler")}
+    out["model"] = avg
+    out["averaged_from"] = [str(p) for p in paths]
+    return out

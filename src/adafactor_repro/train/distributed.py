@@ -1,0 +1,109 @@
+"""torchrun / SLURM process-group setup. Rank 0 alone logs and writes files; every rank trains.
+
+The environment contract is torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). Under a
+multi-task SLURM job started by hydra-submitit-launcher the same variables are exported from SLURM's by
+submitit's TorchDistributedEnvironment, so one code path serves both launchers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
+    """`auto` is CUDA when present (the process's LOCAL_RANK-th card), else CPU; `cpu`/`cuda`/`cuda:N` as given."""
+    if pref in (None, "auto"):
+        pref = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(pref)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"trainer.device={pref} but CUDA is not available; use trainer.device=auto or cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def _export_slurm_env() -> None:
+    """Multi-task SLURM job without torchrun: let submitit translate SLURM_* into torchrun's variables."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    except Exception as e:  # not a submitit job (e.g. plain srun): say what to do instead
+        raise RuntimeError(
+            "SLURM_NTASKS>1 but the torch.distributed variables are not set; launch with torchrun or "
+            f"hydra/launcher=slurm (hydra-submitit-launcher) ({e})"
+        ) from e
+
+
+def init_distributed(device_pref: str = "auto") -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE>1): gloo on CPU, nccl on CUDA."""
+    _export_slurm_env()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_pref, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place sum over ranks (a no-op in a single process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s Python object on every rank (used for decisions only rank 0 can make, e.g. which
+    checkpoint file is readable)."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_object(obj, dst: int = 0) -> list | None:
+    """[obj of rank 0, obj of rank 1, ...] on rank `dst` (None elsewhere); [obj] in a single process."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out
