@@ -1,8 +1,8 @@
 """Throughput accounting: model FLOPs utilization (MFU) and peak memory.
 
-MFU = achieved model FLOPs per second / the card's dense bf16 peak (PaLM, Chowdhery et al. 2022, App. B):
-model FLOPs count the forward and backward matmuls only (3x the forward), not recomputation or
-elementwise work, so the figure is comparable with nanoGPT's and torchtitan's.
+MFU = achieved model FLOPs per second / the card's dense bf16 peak (PaLM, Chowdhery et al. 2022, App. B).
+The model FLOPs of a batch are `Transformer.training_flops(src_shape, tgt_shape)` (forward + backward
+matmuls of the padded shapes, no recomputation or elementwise work), comparable with nanoGPT/torchtitan.
 """
 
 from __future__ import annotations
@@ -41,20 +41,6 @@ def peak_flops(device: torch.device, override: float | None = None) -> float | N
         if key in name:
             return flops
     return None
-
-
-def transformer_flops_per_token(model: torch.nn.Module) -> float:
-    """Training FLOPs per target token when the model does not provide its own count.
-
-    6 * N (forward 2N + backward 4N multiply-adds over every weight a token passes through; Kaplan et al.
-    2020, Section 2.1), the embedding table counted once as the output projection. Attention's
-    score/value matmuls (~12 * layers * d * T per token) are omitted here, so this is a lower bound.
-    """
-    fn = getattr(model, "flops_per_token", None)
-    if callable(fn):
-        return float(fn())
-    n = sum(p.numel() for p in model.parameters())
-    return 6.0 * n
 
 
 def peak_memory_bytes(device: torch.device) -> int:

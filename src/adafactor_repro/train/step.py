@@ -1,0 +1,88 @@
+"""One optimizer update: forward/backward over `update_freq` micro-batches, then clip, check, step.
+
+Normalisation (per target token over the whole update): every micro-batch's summed loss is divided by the
+number of non-pad target tokens of the *update* - all micro-batches on all ranks - which is all-reduced
+before the first forward. DDP averages gradients over ranks, so the loss is multiplied by the world size
+to turn that average back into the sum. The gradient is then exactly that of
+sum(loss over all tokens of the update) / ntokens(update), whatever the split into micro-batches and
+ranks (tests/test_ddp.py checks 2 ranks against 1 process on the same global batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .distributed import all_reduce_sum
+from .loss import label_smoothed_nll_loss
+
+_BATCH_TENSORS = ("src_tokens", "prev_output_tokens", "target")
+
+
+@dataclass
+class StepResult:
+    finite: bool            # False: the update was skipped (non-finite loss or gradient)
+    loss_sum: torch.Tensor  # 0-d, summed over all ranks and micro-batches (smoothed loss)
+    nll_sum: torch.Tensor   # 0-d, same for the plain NLL
+    ntokens: int            # target tokens of the update, all ranks
+    gnorm: torch.Tensor     # 0-d, global L2 norm of the gradient before clipping
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    out = dict(batch)
+    for k in _BATCH_TENSORS:
+        out[k] = batch[k].to(device, non_blocking=True)
+    return out
+
+
+def train_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[dict],
+    *,
+    label_smoothing: float,
+    pad_id: int = 0,
+    clip_norm: float = 0.0,
+    autocast_dtype: torch.dtype | None = None,
+    world_size: int = 1,
+    scheduler=None,
+    loss_fn=None,
+) -> StepResult:
+    """Accumulate gradients over `micro_batches` (already on the model's device), then step if finite.
+
+    One host synchronisation per update: the finite check (all ranks take the same decision because the
+    gradient norm and the loss sums are global).
+    """
+    loss_fn = loss_fn or label_smoothed_nll_loss  # looked up per call (tests substitute it)
+    device = micro_batches[0]["target"].device
+    ntok = torch.tensor(float(sum(int(b["ntokens"]) for b in micro_batches)), device=device)
+    all_reduce_sum(ntok)
+    # world_size / ntokens: DDP's gradient average over ranks becomes a sum over ranks, divided by tokens
+    scale = world_size / ntok.clamp(min=1.0)
+    sums = torch.zeros(2, device=device)
+    for i, b in enumerate(micro_batches):
+        # gradients are all-reduced on the last micro-batch only (DDP.no_sync on the others)
+        sync_ctx = model.no_sync() if isinstance(model, DDP) and i < len(micro_batches) - 1 else contextlib.nullcontext()
+        with sync_ctx:
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(b["src_tokens"], b["prev_output_tokens"])
+            loss, nll = loss_fn(logits, b["target"], label_smoothing, pad_id)
+            (loss * scale).backward()
+        sums += torch.stack((loss.detach(), nll))
+    all_reduce_sum(sums)
+
+    params = [p for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in params]
+    gnorm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+    finite = bool(torch.isfinite(torch.cat((sums, gnorm.reshape(1)))).all())  # the one host sync
+    if finite:
+        if clip_norm and clip_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, clip_norm, gnorm, foreach=True)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(finite=finite, loss_sum=sums[0], nll_sum=sums[1], ntokens=int(ntok.item()), gnorm=gnorm)

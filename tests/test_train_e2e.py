@@ -1,0 +1,195 @@
+"""End-to-end runs of train(cfg) on a tiny synthetic corpus: smoke, resume bit-identity, corrupt
+checkpoints, non-finite steps. Tiny model (d_model 32), a few dozen updates each, wandb disabled."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+WORDS = {  # a toy word-for-word "translation" with a fixed reordering, learnable in a few dozen updates
+    "a": "ein", "dog": "hund", "cat": "katze", "runs": "rennt", "sleeps": "schlaeft", "red": "rot",
+    "big": "gross", "small": "klein", "house": "haus", "in": "im", "the": "der", "garden": "garten",
+    "man": "mann", "sees": "sieht", "woman": "frau", "child": "kind", "plays": "spielt", "ball": "ball",
+}
+
+
+def write_corpus(root: Path, n_train: int = 240, n_eval: int = 16, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    keys = sorted(WORDS)
+
+    def pairs(n):
+        out = []
+        for _ in range(n):
+            src = [rng.choice(keys) for _ in range(rng.randint(2, 7))]
+            out.append((" ".join(src), " ".join(WORDS[w] for w in reversed(src))))
+        return out
+
+    root.mkdir(parents=True, exist_ok=True)
+    for stem, n in (("train", n_train), ("val", n_eval), ("test_2016_flickr", n_eval)):
+        ps = pairs(n)
+        (root / f"{stem}.en").write_text("".join(s + "\n" for s, _ in ps))
+        (root / f"{stem}.de").write_text("".join(t + "\n" for _, t in ps))
+    return root
+
+
+def make_cfg(tmp: Path, *overrides: str, run: str = "run"):
+    """The real configs/train.yaml, composed with a tiny model, data and budget."""
+    corpus = tmp / "corpus"
+    if not corpus.exists():
+        write_corpus(corpus)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(config_name="train", return_hydra_config=True, overrides=[
+            f"data.local_dir={corpus}", f"data.root={tmp / 'data'}", "data.spm.vocab_size=48",
+            "data.num_workers=1", "model.d_model=32", "model.n_heads=2", "model.ffn_dim=64",
+            "model.encoder_layers=1", "model.decoder_layers=1", "trainer.max_tokens=256",
+            "trainer.max_update=30", "trainer.log_interval=5", "trainer.val_interval=10",
+            "trainer.save_interval=10", "trainer.num_threads=1", "logger.mode=disabled",
+            "eval.beam=2", "eval.max_len_b=10", "schedule.warmup_updates=10", "optim.lr=1.0",
+            f"run_dir={tmp / run}", *overrides,
+        ])
+    HydraConfig.instance().set_config(cfg)  # as @hydra.main does: ${hydra:...} and the choices resolve
+    return cfg
+
+
+def train(cfg):
+    from adafactor_repro.train import train as _train
+
+    return _train(cfg)
+
+
+def records(run_dir: Path, split: str = "train") -> list[dict]:
+    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if r.get("split") == split]
+
+
+def model_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoint_last.pt", weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_smoke_run_learns_and_writes_the_run_directory(tmp_path):
+    torch.manual_seed(0)
+    cfg = make_cfg(tmp_path, "trainer.max_update=40")
+    s = train(cfg)
+    run = tmp_path / "run"
+    assert s["status"] == "completed" and s["updates"] == 40 and s["schedule"] == "warmup"
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "bleu.json", "checkpoint_last.pt",
+              "checkpoint_best.pt", "checkpoint_40.pt", "hyp.valid.txt", "hyp.test.txt"):
+        assert (run / f).is_file(), f
+    assert sorted(p.name for p in run.glob("checkpoint_[0-9]*.pt")) == ["checkpoint_20.pt", "checkpoint_30.pt",
+                                                                        "checkpoint_40.pt"]  # keep_last 3
+    train_recs = records(run)
+    assert [r["update"] for r in train_recs] == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert train_recs[-1]["loss"] < 0.8 * train_recs[0]["loss"]  # it learns
+    for key in ("nll", "ppl", "lr", "gnorm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes"):
+        assert train_recs[-1][key] is not None and train_recs[-1][key] > 0, key
+    valid = records(run, "valid")
+    assert [r["update"] for r in valid] == [10, 20, 30, 40]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["valid_loss"] == pytest.approx(valid[-1]["loss"])
+    assert summary["optimizer_state_bytes"] > 0 and summary["num_parameters"] > 0
+    bleu = json.loads((run / "bleu.json").read_text())
+    assert set(bleu) == {"valid", "test"} and "bleu_signature" in bleu["test"]
+    assert len((run / "hyp.test.txt").read_text().splitlines()) == 16
+    ckpt = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    for k in ("model", "optimizer", "scheduler", "sampler", "rng", "update", "epoch", "config", "model_args",
+              "data_dir", "git_commit"):
+        assert k in ckpt, k
+    # a completed run is not retrained by the same command
+    mtime = (run / "checkpoint_last.pt").stat().st_mtime_ns
+    assert train(make_cfg(tmp_path, "trainer.max_update=40"))["status"] == "completed"
+    assert (run / "checkpoint_last.pt").stat().st_mtime_ns == mtime
+
+
+def _interrupt_at(monkeypatch, update: int):
+    """Make the loop die (like a kill) right after `update` is logged; nothing is saved at that point."""
+    from adafactor_repro.train import loop
+
+    real = loop._log_train
+
+    def boom(logger, optimizer, scheduler, win, num_updates, *a, **k):
+        real(logger, optimizer, scheduler, win, num_updates, *a, **k)
+        if num_updates == update:
+            raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(loop, "_log_train", boom)
+
+
+@pytest.mark.slow
+def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    ref = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", run="ref"))
+    assert ref["status"] == "completed"
+
+    # crash at update 25: the last checkpoint is from update 20; metrics 21-25 are past it
+    _interrupt_at(monkeypatch, 25)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg(tmp_path, "trainer.bleu_at_end=false", run="resumed"))
+    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["status"] == "running"
+    monkeypatch.undo()
+    torch.manual_seed(123)  # the global RNG state of the new process must not matter: it is restored
+    s = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", run="resumed"))
+    assert s["status"] == "completed" and s["updates"] == 30
+
+    a, b = model_state(tmp_path / "ref"), model_state(tmp_path / "resumed")
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed parameters differ from the uninterrupted run"
+    oa = torch.load(tmp_path / "ref" / "checkpoint_last.pt", weights_only=True)["optimizer"]["state"]
+    ob = torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=True)["optimizer"]["state"]
+    assert all(torch.equal(oa[i][k], ob[i][k]) for i in oa for k in oa[i])
+    strip = lambda recs: [{k: v for k, v in r.items() if k not in ("time", "tokens_per_s", "peak_memory_bytes")}
+                          for r in recs]
+    assert strip(records(tmp_path / "ref")) == strip(records(tmp_path / "resumed"))
+    assert strip(records(tmp_path / "ref", "valid")) == strip(records(tmp_path / "resumed", "valid"))
+
+
+@pytest.mark.slow
+def test_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path):
+    torch.manual_seed(0)
+    cfg = make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=20")
+    train(cfg)
+    run = tmp_path / "run"
+    last = run / "checkpoint_last.pt"
+    data = last.read_bytes()
+    last.unlink()  # checkpoint_last.pt shares its inode with checkpoint_20.pt: damage a separate copy
+    last.write_bytes(data[: len(data) // 3])
+    (run / "checkpoint_20.pt").unlink()  # so the fallback has to go back to update 10
+    with pytest.warns(UserWarning, match=r"checkpoint_last\.pt: corrupt or truncated"):
+        s = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=30"))
+    assert s["status"] == "completed" and s["updates"] == 30
+    assert [r["update"] for r in records(run)] == [5, 10, 15, 20, 25, 30]  # 11-20 redone, not duplicated
+
+
+@pytest.mark.slow
+def test_nonfinite_steps_are_skipped_then_the_run_is_marked_diverged(tmp_path, monkeypatch):
+    from adafactor_repro.train import step
+
+    real = step.label_smoothed_nll_loss
+    calls = {"n": 0}
+
+    def flaky(logits, target, eps, pad):
+        calls["n"] += 1
+        loss, nll = real(logits, target, eps, pad)
+        # call 3 is one bad batch (skipped, training goes on); from call 13 on every batch is bad
+        return (loss * float("nan"), nll) if calls["n"] == 3 or calls["n"] >= 13 else (loss, nll)
+
+    monkeypatch.setattr(step, "label_smoothed_nll_loss", flaky)
+    torch.manual_seed(0)
+    s = train(make_cfg(tmp_path, "trainer.max_consecutive_nonfinite=4", "trainer.val_interval=5",
+                       "trainer.save_interval=5"))
+    run = tmp_path / "run"
+    assert s["status"] == "diverged" and s["diverged_at"] == 12 and s["nonfinite_total"] == 5
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+    state = torch.load(run / "checkpoint_last.pt", weights_only=True)
+    assert state["update"] == 10 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert records(run)[-1]["event"] == "diverged"
+    # rerunning a diverged run does not retrain it
+    assert train(make_cfg(tmp_path, "trainer.max_consecutive_nonfinite=4"))["status"] == "diverged"
