@@ -5,9 +5,12 @@ retrained. Multi-GPU: `torchrun --nproc_per_node=N scripts/train.py ...`. SLURM:
 """
 
 import os
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# Python puts scripts/ first on sys.path; its tabulate.py would shadow the `tabulate` package sacrebleu imports.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "scripts"]
 # configs/train.yaml's search path finds experiments/ through this variable, whatever the working directory.
 os.environ.setdefault("ADAFACTOR_REPRO_ROOT", str(ROOT))
 

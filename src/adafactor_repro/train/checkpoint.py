@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .metrics import FILE_MODE
+
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
 _PERIODIC = re.compile(r"^checkpoint_(\d+)\.pt$")
@@ -94,6 +96,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()

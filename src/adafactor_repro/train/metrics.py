@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 METRICS = "metrics.jsonl"
+_umask = os.umask(0)
+os.umask(_umask)
+FILE_MODE = 0o666 & ~_umask
 
 
 def _jsonable(v: Any) -> Any:
@@ -31,6 +34,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600; give the file the mode open() would
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -138,6 +142,7 @@ class MetricsLogger:
     def _format(r: dict[str, Any]) -> str:
         keys = ("epoch", "update", "loss", "nll", "ppl", "lr", "gnorm", "tokens_per_s", "mfu", "nonfinite")
         parts = [f"[{r.get('split', 'train')}]"]
+        keys += tuple(k for k in r if k.startswith("bleu") and k not in keys)
         for k in keys:
             v = r.get(k)
             if v is None:
