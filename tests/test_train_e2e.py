@@ -193,3 +193,35 @@ def test_nonfinite_steps_are_skipped_then_the_run_is_marked_diverged(tmp_path, m
     assert records(run)[-1]["event"] == "diverged"
     # rerunning a diverged run does not retrain it
     assert train(make_cfg(tmp_path, "trainer.max_consecutive_nonfinite=4"))["status"] == "diverged"
+
+
+def _script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_average_then_evaluate_scripts(tmp_path):
+    torch.manual_seed(0)
+    train(make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=30"))
+    run = tmp_path / "run"
+    out = _script("average_checkpoints").main([str(run), "--num", "2"])
+    assert out == run / "checkpoint_avg2.pt"
+    a, b = (torch.load(run / f"checkpoint_{u}.pt", weights_only=True)["model"] for u in (20, 30))
+    avg = torch.load(out, weights_only=True)["model"]
+    k = next(k for k in avg if avg[k].is_floating_point() and not torch.equal(a[k], b[k]))
+    torch.testing.assert_close(avg[k], (a[k] + b[k]) / 2)
+
+    res = _script("evaluate").main([f"run_dir={run}", "checkpoint=checkpoint_avg2.pt", "beam=1",
+                                    "splits=[test]", "max_sentences=5"])
+    assert set(res) == {"test@checkpoint_avg2"} and res["test@checkpoint_avg2"]["sentences"] == 5
+    assert res["test@checkpoint_avg2"]["update"] == 30 and res["test@checkpoint_avg2"]["beam"] == 1
+    bleu = json.loads((run / "bleu.json").read_text())
+    assert bleu["test@checkpoint_avg2"]["bleu"] == res["test@checkpoint_avg2"]["bleu"]
+    assert len((run / "hyp@checkpoint_avg2.test.txt").read_text().splitlines()) == 5
+    with pytest.raises(SystemExit, match="unknown keys"):
+        _script("evaluate").main([f"run_dir={run}", "beem=4"])

@@ -47,9 +47,11 @@ def evaluate_bleu(
     device: torch.device | str | None = None,
     max_sentences: int | None = None,
     tag: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """{split: bleu.score(...) + decoding settings and speed}; with out_dir, writes hyp<tag>.<split>.txt and
-    merges the results into out_dir/bleu.json (keyed by split, plus tag when given)."""
+    merges the results into out_dir/bleu.json (keyed by split, plus tag when given). `extra` (e.g. which
+    checkpoint and update) is stored in every split's entry."""
     was_training = model.training
     model.eval()
     results: dict[str, dict[str, Any]] = {}
@@ -65,7 +67,8 @@ def evaluate_bleu(
         seconds = time.perf_counter() - t0
         r = dict(bleu.score(hyps, references))
         r.update(sentences=len(sources), beam=int(eval_cfg.beam), lenpen=float(eval_cfg.lenpen),
-                 decode_seconds=round(seconds, 3), sentences_per_s=len(sources) / seconds if seconds else None)
+                 decode_seconds=round(seconds, 3), sentences_per_s=len(sources) / seconds if seconds else None,
+                 **(extra or {}))
         if out_dir is not None:
             hyp_file = Path(out_dir) / f"hyp{tag}.{split}.txt"
             atomic_write_text(hyp_file, "".join(h + "\n" for h in hyps))

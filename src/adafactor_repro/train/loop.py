@@ -345,7 +345,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     extra = {"nonfinite_total": counters["nonfinite_total"]}
     if main and t.get("bleu_at_end", True):
         bleu = evaluate_bleu(raw_model, tok, data_dir, list(cfg.eval.splits), cfg.eval, run_dir, device,
-                             max_sentences=None)
+                             max_sentences=None, extra={"checkpoint": "checkpoint_last.pt", "update": num_updates})
         extra["bleu"] = {k: v.get("bleu") for k, v in bleu.items()}
         logger.log({"split": "test", "update": num_updates, **{f"bleu_{k}": v for k, v in extra["bleu"].items()}})
     logger.close()

@@ -1,0 +1,51 @@
+"""Average the parameters of the last k periodic checkpoints of a run (Vaswani et al. 2017, Section 6.1:
+"the last 5 checkpoints, written at 10-minute intervals"), for evaluation with scripts/evaluate.py.
+
+    python scripts/average_checkpoints.py runs/gpu/afx_adam-warmup --num 5
+        -> runs/gpu/afx_adam-warmup/checkpoint_avg5.pt
+    python scripts/evaluate.py run_dir=runs/gpu/afx_adam-warmup checkpoint=checkpoint_avg5.pt
+
+Only the checkpoints still on disk can be averaged: keep them with trainer.keep_last >= k.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "scripts"]
+
+
+def main(argv=None) -> Path:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run_dir", nargs="?", help="run directory holding checkpoint_<update>.pt files")
+    ap.add_argument("--num", "-k", type=int, default=5, help="average the last k periodic checkpoints (5)")
+    ap.add_argument("--inputs", nargs="+", help="explicit checkpoint files instead of a run directory")
+    ap.add_argument("--output", "-o", help="output file (default <run_dir>/checkpoint_avg<k>.pt)")
+    args = ap.parse_args(argv)
+
+    from adafactor_repro.train.checkpoint import atomic_torch_save, average_checkpoints, periodic_checkpoints
+
+    if args.inputs:
+        paths = [Path(p) for p in args.inputs]
+        out = Path(args.output or paths[-1].parent / f"checkpoint_avg{len(paths)}.pt")
+    elif args.run_dir:
+        found = periodic_checkpoints(args.run_dir)
+        if args.num < 1:
+            ap.error(f"--num {args.num}: must be at least 1")
+        if len(found) < args.num:
+            ap.error(f"{args.run_dir} holds {len(found)} periodic checkpoints "
+                     f"({', '.join(p.name for _, p in found) or 'none'}), fewer than --num {args.num}; "
+                     "lower --num or train with a larger trainer.keep_last")
+        paths = [p for _, p in found[-args.num:]]
+        out = Path(args.output or Path(args.run_dir) / f"checkpoint_avg{args.num}.pt")
+    else:
+        ap.error("give a run directory or --inputs")
+    avg = average_checkpoints(paths)
+    atomic_torch_save(avg, out)
+    print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {out}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
