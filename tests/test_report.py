@@ -33,8 +33,8 @@ def _fake_run(root, repo_root, exp, sched, *, status, diverged_at=None, bleu=Non
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in lines) + "\n{torn")
     if bleu is not None:
         (d / "bleu.json").write_text(json.dumps({
-            "valid": {"bleu": bleu, "signature": "nrefs:1|...", "chrf": 50.0, "bleu_tok_compound": bleu + 1},
-            "test": {"bleu": bleu - 1, "signature": "nrefs:1|...", "chrf": 49.0, "bleu_tok_compound": bleu},
+            "valid": {"bleu": bleu, "signature": "nrefs:1|...", "chrf": 50.0, "tok_bleu_compound_split": bleu + 1},
+            "test": {"bleu": bleu - 1, "signature": "nrefs:1|...", "chrf": 49.0, "tok_bleu_compound_split": bleu},
         }))
     return d
 

@@ -109,8 +109,8 @@ def build_rows(runs: list[Run]) -> list[dict[str, str]]:
         for split in ("valid", "test"):
             entry = r.bleu.get(split)
             label = _split_label(r, split)
-            row[f"BLEU {label}"] = _fmt(_bleu(entry, "bleu", "score", "sacrebleu"))
-            row[f"tok. BLEU {label}"] = _fmt(_bleu(entry, "bleu_tok_compound", "tok_bleu", "tokenized_bleu"))
+            row[f"BLEU {label}"] = _fmt(_bleu(entry, "bleu"))
+            row[f"tok. BLEU {label}"] = _fmt(_bleu(entry, "tok_bleu_compound_split"))
         row.update({
             "valid ppl": _fmt(s.get("valid_ppl")),
             "status": status,
