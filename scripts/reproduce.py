@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--schedules", help="comma-separated subset of warmup,no_warmup")
     ap.add_argument("--data-dir", help="local copy of the corpus (data.local_dir)")
     ap.add_argument("--launcher", default="local", choices=["local", "slurm"])
+    ap.add_argument("--runs-dir", type=Path, help="where the run directories go (default runs/<scale>)")
+    ap.add_argument("--results-dir", type=Path, help="where tables and plots go (default results/<scale>)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
 
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.schedules:
         scheds = args.schedules.split(",")
     py = sys.executable
+    runs_dir = (args.runs_dir or ROOT / "runs" / args.scale).resolve()
     common = [f"scale={args.scale}", *([f"data.local_dir={Path(args.data_dir).resolve()}"] if args.data_dir else [])]
 
     # 1. data + sentencepiece (cached by a hash of the inputs; the training runs reuse it)
@@ -93,13 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     if args.launcher == "slurm":
         rc = sh([py, "scripts/train.py", "-m", "hydra/launcher=slurm", *common, f"experiments={','.join(exps)}",
-                 f"schedule={','.join(scheds)}", *extra], args.dry_run)
+                 f"schedule={','.join(scheds)}", f"hydra.sweep.dir={runs_dir}",
+                 f"run_dir={runs_dir}/${{name}}-${{hydra:runtime.choices.schedule}}", *extra], args.dry_run)
         if rc != 0:
             failed.append("slurm sweep")
     else:
         cells = [(e, s) for e in exps for s in scheds]
         for k, (exp, sched) in enumerate(cells, 1):
-            run_dir = ROOT / "runs" / args.scale / f"{exp}-{sched}"
+            run_dir = runs_dir / f"{exp}-{sched}"
             status = run_status(run_dir)
             tag = f"[{k}/{len(cells)}] {exp} {sched}"
             if status in ("completed", "diverged") and (status == "diverged" or (run_dir / "bleu.json").exists()):
@@ -107,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if status != "completed":
                 print(f"{tag}: {'resuming' if status == 'running' else 'training'}", flush=True)
-                rc = sh([py, "scripts/train.py", *common, f"experiments={exp}", f"schedule={sched}", *extra],
-                        args.dry_run)
+                rc = sh([py, "scripts/train.py", *common, f"experiments={exp}", f"schedule={sched}",
+                         f"run_dir={run_dir}", *extra], args.dry_run)
                 if rc != 0:
                     failed.append(f"{exp}-{sched} (exit {rc})")
                     continue
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                     failed.append(f"{exp}-{sched} (evaluation)")
 
     # 3. tables and plots
-    sh([py, "scripts/tabulate.py", "--scale", args.scale], args.dry_run)
+    sh([py, "scripts/tabulate.py", "--scale", args.scale, "--runs", str(runs_dir),
+        *(["--out", str(args.results_dir.resolve())] if args.results_dir else [])], args.dry_run)
     if failed:
         print("runs that failed (rerun `make reproduce` to retry them): " + ", ".join(failed), file=sys.stderr)
         return 1
