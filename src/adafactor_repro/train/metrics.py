@@ -14,6 +14,7 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ class MetricsLogger:
             # A stable id stored in the run directory: a resumed run continues the same wandb run.
             id_file = self.path.parent / "wandb_id"
             if not id_file.exists():
-                atomic_write_text(id_file, wandb.util.generate_id())
+                atomic_write_text(id_file, uuid.uuid4().hex[:12])
             self.wandb = wandb.init(
                 project=cfg.get("project"), entity=cfg.get("entity"), tags=list(cfg.get("tags") or []),
                 mode=mode, dir=str(self.path.parent), name=run_name, id=id_file.read_text().strip(),
@@ -127,7 +128,7 @@ class MetricsLogger:
         if self.wandb is not None:
             split = record.get("split", "train")
             self.wandb.log(
-                {f"{split}/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k != "update"},
+                {f"{split}/{k}": v for k, v in record.items() if isinstance(v, (int, float)) and k not in ("update", "time")},
                 step=int(record.get("update", 0)),
             )
         line = self._format(record)
