@@ -21,7 +21,7 @@ from . import distributed as D
 from .checkpoint import find_resume_checkpoint, git_commit, rng_state, save_checkpoint, set_rng_state
 from .evaluation import evaluate_bleu
 from .loss import label_smoothed_nll_loss
-from .metrics import MetricsLogger, atomic_write_json
+from .metrics import MetricsLogger, atomic_write_json, atomic_write_text
 from .perf import peak_flops, peak_memory_bytes
 from .step import to_device, train_step
 
@@ -150,7 +150,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     D.barrier()
     if not main:
         data_dir = prepare(cfg.data)
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).resolve()  # absolute in the checkpoint: evaluate.py may run from elsewhere
     tok = load_tokenizer(data_dir)
     train_set = TranslationDataset(data_dir, "train")
     valid_set = TranslationDataset(data_dir, "valid")
@@ -194,7 +194,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     resolved = resolved_config(cfg)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(resolved)))
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
     commit = git_commit()
 
     model = raw_model
