@@ -1,0 +1,155 @@
+"""Batched beam search with the decoder's key/value cache, and ``translate`` for raw sentences.
+
+The search is fairseq's ``SequenceGenerator`` scheme: at each step every sentence's beams propose their
+2*beam best continuations; an eos among the first ``beam`` proposals finishes a hypothesis, the best ``beam``
+non-eos proposals stay alive, and a sentence is done once it holds ``beam`` finished hypotheses (or reaches its
+maximum length, where eos is forced). Finished hypotheses are ranked by log-probability divided by the GNMT
+length penalty ((5 + |Y|) / 6)^alpha (Wu et al. 2016, eq. 14; Vaswani et al. section 6.1 use beam 4,
+alpha 0.6, max length source + 50). |Y| counts the eos. Finished sentences leave the batch, so the last
+long sentence does not drag the whole batch through the decoder. Beam 1 is exactly greedy decoding.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from adafactor_repro.model import BOS_ID, EOS_ID, PAD_ID, Transformer
+
+if TYPE_CHECKING:  # evaluate/ may import the data Tokenizer type only
+    from adafactor_repro.data import Tokenizer
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT length penalty lp(Y) = ((5 + |Y|) / (5 + 1))^alpha (Wu et al. 2016, eq. 14)."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.inference_mode()
+def beam_search(model: Transformer, src_tokens: Tensor, beam: int = 4, lenpen: float = 0.6,
+                max_len_a: float = 1.0, max_len_b: int = 50, min_len: int = 0,
+                return_scores: bool = False):
+    """Translate a padded batch ``src_tokens`` [B, S] (each row ends with eos, right-padded).
+
+    Returns, in input order, the best hypothesis of each sentence as a list of token ids without bos/eos
+    (and, with ``return_scores``, a list of their length-normalised log-probabilities too).
+    A hypothesis has at most ``floor(max_len_a * src_len + max_len_b)`` tokens before its eos (src_len counts
+    the source's eos, as fairseq), capped by ``max_positions``; eos is forbidden before ``min_len`` tokens.
+    """
+    if beam < 1:
+        raise ValueError(f"beam_search: beam={beam}; need beam >= 1")
+    if src_tokens.dim() != 2 or src_tokens.size(0) == 0:
+        raise ValueError(f"beam_search: src_tokens must be a non-empty [batch, length] tensor, got "
+                         f"{tuple(src_tokens.shape)}")
+    was_training = model.training
+    model.eval()  # dropout off; restored below
+    try:
+        return _beam_search(model, src_tokens, beam, lenpen, max_len_a, max_len_b, min_len, return_scores)
+    finally:
+        model.train(was_training)
+
+
+def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, return_scores):
+    B, device = src_tokens.size(0), src_tokens.device
+    V = model.cfg.vocab_size
+    src_lens = src_tokens.ne(PAD_ID).sum(1)
+    # the target sequence fed to the decoder holds bos + tokens, so at most max_positions - 1 tokens
+    max_lens = (max_len_a * src_lens.double() + max_len_b).floor().long().clamp(0, model.cfg.max_positions - 1)
+    max_lens = max_lens.clamp(min=min_len)
+
+    cache = model.init_cache(model.encode(src_tokens))
+    cache.index_select(torch.arange(B, device=device).repeat_interleave(K))
+    tokens = torch.full((B * K, 1), BOS_ID, dtype=torch.long, device=device)
+    scores = torch.zeros(B, K, device=device)
+    scores[:, 1:] = -math.inf  # all beams start identical: let only the first one expand at step 0
+    active = torch.arange(B, device=device)  # original index of each sentence still in the batch
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
+    not_eos = torch.arange(V, device=device).ne(EOS_ID)
+    cand_rank = torch.arange(2 * K, device=device)
+
+    step = 0
+    while active.numel():
+        n = active.numel()
+        lprobs = torch.log_softmax(model.decode_step(tokens[:, -1], cache).float(), dim=-1)
+        lprobs[:, PAD_ID] = -math.inf
+        lprobs[:, BOS_ID] = -math.inf
+        if step < min_len:
+            lprobs[:, EOS_ID] = -math.inf
+        at_max = max_lens[active] <= step  # [n]: these sentences must end now, with eos's own log-prob
+        lprobs = lprobs.masked_fill(at_max.repeat_interleave(K)[:, None] & not_eos, -math.inf)
+
+        cand = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
+        top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=1)
+        top_beam, top_tok = top_idx // V, top_idx % V
+        is_eos = top_tok.eq(EOS_ID) & top_scores.isfinite()
+
+        # Finish hypotheses ending in eos among the first K proposals (fairseq's rule).
+        fin = is_eos[:, :K].nonzero().tolist()
+        if fin:
+            lp = length_penalty(step + 1, lenpen)
+            fin_scores = top_scores[:, :K].tolist()
+            fin_rows = top_beam[:, :K].tolist()
+            hyp_tokens = tokens[:, 1:].tolist()
+            act = active.tolist()
+            for i, j in fin:
+                store = finished[act[i]]
+                if len(store) < K:
+                    store.append((fin_scores[i][j] / lp, hyp_tokens[i * K + fin_rows[i][j]]))
+        done = at_max.clone()
+        if fin:
+            done |= torch.tensor([len(finished[s]) >= K for s in active.tolist()], device=device)
+
+        # The K best non-eos proposals continue (stable order: eos ones sorted after every non-eos one).
+        keep_pos = (is_eos.long() * 2 * K + cand_rank).topk(K, dim=1, largest=False).indices
+        scores = top_scores.gather(1, keep_pos)
+        rows = (torch.arange(n, device=device)[:, None] * K + top_beam.gather(1, keep_pos))
+        next_tok = top_tok.gather(1, keep_pos)
+        shrink = bool(done.any())
+        if shrink:
+            keep = ~done
+            active, scores, rows, next_tok = active[keep], scores[keep], rows[keep], next_tok[keep]
+        rows = rows.view(-1)
+        tokens = torch.cat([tokens.index_select(0, rows), next_tok.view(-1, 1)], dim=1)
+        # Reordering beams stays within a sentence, whose encoder keys/values are the same for every beam.
+        cache.index_select(rows, self_only=not shrink)
+        step += 1
+
+    best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
+    out = [h[1] for h in best]
+    return (out, [h[0] for h in best]) if return_scores else out
+
+
+def translate(model: Transformer, tokenizer: Tokenizer, sentences: Sequence[str], beam: int = 4,
+              lenpen: float = 0.6, batch_tokens: int = 8192, max_len_a: float = 1.0, max_len_b: int = 50,
+              device: torch.device | str | None = None, progress=None) -> list[str]:
+    """Translate raw sentences: sentencepiece-encode, batch by length (longest first) within
+    ``batch_tokens`` padded source tokens, beam search, detokenize; returns translations in input order.
+    Sources longer than ``max_positions`` are truncated (keeping the eos). ``progress``, if given, is called
+    with the number of sentences finished after each batch."""
+    if batch_tokens <= 0:
+        raise ValueError(f"translate: batch_tokens={batch_tokens}; need a positive token budget")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    max_src = model.cfg.max_positions
+    encoded = [tokenizer.encode(s)[: max_src - 1] + [EOS_ID] for s in sentences]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    out: list[str | None] = [None] * len(encoded)
+    i = 0
+    while i < len(order):
+        width = len(encoded[order[i]])  # longest first, so the first of a batch sets its width
+        n = max(1, batch_tokens // width)
+        idx = order[i:i + n]
+        src = torch.full((len(idx), width), PAD_ID, dtype=torch.long)
+        for r, j in enumerate(idx):
+            src[r, : len(encoded[j])] = torch.tensor(encoded[j])
+        hyps = beam_search(model, src.to(device), beam=beam, lenpen=lenpen, max_len_a=max_len_a,
+                           max_len_b=max_len_b)
+        for j, h in zip(idx, hyps):
+            out[j] = tokenizer.decode(h)
+        i += len(idx)
+        if progress is not None:
+            progress(i)
+    return out  # type: ignore[return-value]
