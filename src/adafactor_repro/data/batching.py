@@ -9,8 +9,9 @@ their order is reshuffled every epoch from ``(seed, epoch)``, as in fairseq.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-import torch
 
 
 class TokenBatchSampler:
@@ -129,19 +130,31 @@ class TokenBatchSampler:
                 **self._signature()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Exact resume when the signature matches. A different `num_replicas` (resuming on another number
+        of GPUs) cannot be exact: the position is rescaled to the same fraction of the epoch, with a warning.
+        Any other difference (data, max_tokens, seed) is an error."""
         mine = self._signature()
         diff = {k: (state.get(k), v) for k, v in mine.items() if k in state and state[k] != v}
-        if diff:
-            raise ValueError("cannot resume the batch order exactly: the checkpoint's sampler differs in "
+        position = int(state["position"])
+        if set(diff) - {"num_replicas", "num_batches"}:
+            raise ValueError("cannot resume the batch order: the checkpoint's sampler differs in "
                              + ", ".join(f"{k} (saved {a}, now {b})" for k, (a, b) in diff.items())
-                             + "; resume with the same data, max_tokens, seed and number of GPUs")
-        if not 0 <= int(state["position"]) <= len(self):
-            raise ValueError(f"sampler position {state['position']} outside [0, {len(self)}]")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+                             + "; resume with the same data, max_tokens and seed")
+        if diff:
+            saved_len = max(1, int(state["num_batches"]) // int(state["num_replicas"]))
+            position = min(len(self), position * len(self) // saved_len)
+            warnings.warn(f"sampler saved with num_replicas={state['num_replicas']}, resumed with "
+                          f"{self.num_replicas}: the batches differ, resuming at the same fraction of epoch "
+                          f"{state['epoch']} (position {position}/{len(self)})", stacklevel=2)
+        if not 0 <= position <= len(self):
+            raise ValueError(f"sampler position {position} outside [0, {len(self)}]")
+        self.epoch, self.position = int(state["epoch"]), position
 
 
 def collate(samples, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3) -> dict:
     """`src_tokens` = ids + eos, `prev_output_tokens` = bos + ids, `target` = ids + eos; right-padded."""
+    import torch  # here, not at module level: building data (prepare, its workers) never needs torch
+
     if not samples:
         raise ValueError("collate got an empty list of samples")
     srcs = [np.asarray(s, dtype=np.int64) for s, _ in samples]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -114,38 +115,50 @@ def resolve_sources(cfg) -> dict[str, SplitSource]:
 
 # ---------------------------------------------------------------------------------------------- readers
 def _open_lines(path: Path):
+    path = Path(path)
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def _decode(raw: bytes, path: Path, lineno: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{path}:{lineno}: undecodable bytes at column {e.start} ({raw[e.start:e.start + 4]!r}); "
-            "the corpus must be UTF-8 (convert it with `iconv -f <encoding> -t utf-8`)"
-        ) from None
-
-
-def _strip_eol(raw: bytes) -> bytes:
-    if raw.endswith(b"\n"):
-        raw = raw[:-1]
-    if raw.endswith(b"\r"):  # CRLF files
-        raw = raw[:-1]
-    return raw
 
 
 def _count_rest(f) -> int:
     return sum(1 for _ in f)
 
 
-def read_text_pair(src_path: Path, tgt_path: Path) -> Iterator[tuple[str, str]]:
-    """Aligned lines of two files, split on b'\\n' only; a length mismatch names both files and counts."""
+def _decode_block(raws: list[bytes], path: Path, first_lineno: int) -> list[str]:
+    """Decode a block of raw lines (each ending in b"\\n" except perhaps the file's last) in one call;
+    only on failure go line by line to name the offending line."""
+    try:
+        text = b"".join(raws).decode("utf-8")
+    except UnicodeDecodeError:
+        for k, raw in enumerate(raws):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}:{first_lineno + k}: undecodable bytes at column {e.start} "
+                    f"({raw[e.start:e.start + 4]!r}); the corpus must be UTF-8 (convert it with "
+                    "`iconv -f <encoding> -t utf-8`)") from None
+        raise  # pragma: no cover - a block fails only if one of its lines does
+    lines = text.split("\n")  # "\n" only, never str.splitlines()
+    if raws and raws[-1].endswith(b"\n"):
+        lines.pop()  # the empty string after the block's final newline
+    if "\r" in text:  # CRLF files
+        lines = [x[:-1] if x.endswith("\r") else x for x in lines]
+    return lines
+
+
+def read_text_pair(src_path: Path, tgt_path: Path, block: int = 4096) -> Iterator[tuple[str, str]]:
+    """Aligned lines of two files, split on b'\\n' only; a length mismatch names both files and counts.
+    Lines are read and decoded in blocks (one decode call per block keeps the reader off the critical path)."""
+    src_path, tgt_path = Path(src_path), Path(tgt_path)
     with _open_lines(src_path) as fs, _open_lines(tgt_path) as ft:
         n = 0
-        for n, (bs, bt) in enumerate(zip(fs, ft), start=1):  # binary iteration splits on b"\n" only
-            yield _decode(_strip_eol(bs), src_path, n), _decode(_strip_eol(bt), tgt_path, n)
-        ns, nt = n + _count_rest(fs), n + _count_rest(ft)
+        while True:
+            bs, bt = list(itertools.islice(fs, block)), list(itertools.islice(ft, block))  # b"\n" splits only
+            if len(bs) != len(bt) or not bs:
+                ns, nt = n + len(bs) + _count_rest(fs), n + len(bt) + _count_rest(ft)
+                break
+            yield from zip(_decode_block(bs, src_path, n + 1), _decode_block(bt, tgt_path, n + 1))
+            n += len(bs)
     if ns != nt:
         raise DataError(
             f"line counts differ: {src_path} has {ns} lines but {tgt_path} has {nt}; the two sides must be "
