@@ -21,9 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+# Python puts this script's folder first on sys.path, where scripts/tabulate.py would shadow the `tabulate`
+# package that torch._dynamo imports (imported lazily by torch.optim.Adafactor / transformers).
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
 
-from adafactor_repro.optim import Adafactor, optimizer_state_bytes
+import torch  # noqa: E402
+
+from adafactor_repro.optim import Adafactor, optimizer_state_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,38 +82,44 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench(make, shapes, device, steps, warmup):
+def bench_all(makers: dict, shapes, device, steps: int, warmup: int) -> dict:
+    """Round-robin: every round steps each optimizer once, so load from other processes on a shared machine
+    falls on all of them alike. All optimizers share one parameter set and one set of gradients (the values
+    drift, which does not change the work of a step)."""
     params = make_params(shapes, device)
-    opt = make(params)
-    for _ in range(warmup):
-        opt.step()
-    sync(device)
-    peak = None
-    if device.type == "cuda":
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        opt.step()
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device) - base
     n = sum(p.numel() for p in params)
-    state = optimizer_state_bytes(opt)
-    host_sync_free = None
-    if device.type == "cuda" and isinstance(opt, Adafactor):
-        torch.cuda.set_sync_debug_mode("error")
-        try:
+    opts = {name: make(params) for name, make in makers.items()}
+    times = {name: [] for name in opts}
+    for r in range(warmup + steps):
+        for name, opt in opts.items():
+            sync(device)
+            t0 = time.perf_counter()
             opt.step()
-            host_sync_free = True
-        except RuntimeError:
-            host_sync_free = False
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    del opt, params
-    return dict(ms=statistics.median(times) * 1e3, state=state, bpp=state / n, n=n, peak=peak, sync_free=host_sync_free)
+            sync(device)
+            if r >= warmup:
+                times[name].append(time.perf_counter() - t0)
+    rows = {}
+    for name, opt in opts.items():
+        state = optimizer_state_bytes(opt)
+        rows[name] = dict(ms=statistics.median(times[name]) * 1e3, state=state, bpp=state / n, n=n, peak=None,
+                          sync_free=None)  # fmt: skip
+        if device.type == "cuda":
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            if isinstance(opt, Adafactor):
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                opt.step()
+                rows[name]["sync_free"] = True
+            except RuntimeError:
+                rows[name]["sync_free"] = False
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            torch.cuda.synchronize(device)
+            rows[name]["peak"] = torch.cuda.max_memory_allocated(device) - base
+            if not isinstance(opt, Adafactor):
+                rows[name]["sync_free"] = None
+    return rows
 
 
 def machine_info(device) -> str:
@@ -141,10 +152,8 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch.cuda.is_available() is False")
     shapes = transformer_base_shapes(args.vocab)
-    rows = {}
-    for name, make in candidates(args).items():
-        rows[name] = bench(make, shapes, device, args.steps, args.warmup)
-        r = rows[name]
+    rows = bench_all(candidates(args), shapes, device, args.steps, args.warmup)
+    for name, r in rows.items():
         print(f"{name:36s} {r['ms']:8.2f} ms  {r['bpp']:.4f} B/param", flush=True)
     ref = rows.get("torch.optim.Adam fused")
     n = next(iter(rows.values()))["n"]
@@ -155,8 +164,8 @@ def main(argv=None):
         "",
         f"Machine: {machine_info(device)}  ",
         f"Command: `{cmd.strip()}`  ",
-        f"Median of {args.steps} timed steps after {args.warmup} warm-up steps; gradients fixed; one process, so "
-        "the ratios compare runs made side by side.",
+        f"Median of {args.steps} timed steps after {args.warmup} warm-up steps; gradients fixed; the optimizers "
+        "step in turn (round-robin, one shared parameter set), so the ratios compare steps made side by side.",
         "",
         "| optimizer | step (ms) | vs fused Adam | state (MB) | bytes/param |"
         + (" peak transient (MB) | host-sync free |" if device.type == "cuda" else ""),

@@ -238,6 +238,7 @@ class Adafactor(Optimizer):
                 loss = closure()
         rms_parts, alpha_parts, clip_parts, beta2_all = [], [], [], []
         for group in self.param_groups:
+            beta2_at: dict[int, float] = {}  # all tensors of a group usually share t: compute beta2t once
             fused_p, fused_s, fused_b = [], [], []
             lib = _kernel.load() if group["fused"] is not False else None
             n_before = len(rms_parts)
@@ -250,7 +251,9 @@ class Adafactor(Optimizer):
                     raise RuntimeError("Adafactor does not support complex parameters")
                 state = self._init_state(p, group)
                 state["step"] += 1
-                beta2t = self._beta2t(group, state["step"])
+                beta2t = beta2_at.get(state["step"])
+                if beta2t is None:
+                    beta2t = beta2_at[state["step"]] = self._beta2t(group, state["step"])
                 beta2_all.append(beta2t)
                 if p.numel() == 0:
                     continue
