@@ -34,7 +34,7 @@ from adafactor_repro.data import (  # noqa: E402
     prepare,
 )
 from adafactor_repro.data.binarize import encode_split, init_worker  # noqa: E402
-from adafactor_repro.data.sources import read_text_pair  # noqa: E402
+from adafactor_repro.data.sources import read_text_blocks  # noqa: E402
 from adafactor_repro.data.tokenizer import train_spm  # noqa: E402
 
 WMT14_TRAIN_PAIRS = 4_508_785  # the hub's wmt/wmt14 de-en train split
@@ -76,6 +76,11 @@ def concat_corpus(src_dir: Path, stems: list[str], out_dir: Path, repeat: int) -
 LAST_MAIN_CPU = 0.0
 
 
+def text_blocks(src: Path, tgt: Path):
+    """The train split's input as prepare() feeds it: raw aligned blocks, decoded in the workers."""
+    return ((bs, bt, str(src), str(tgt), first) for bs, bt, first in read_text_blocks(src, tgt))
+
+
 def best_of(trials: int, fn):
     """(best wall seconds, best CPU seconds of this process and its finished children, result). CPU time is
     the fair per-core measure on a shared machine: other tenants inflate wall time, not our CPU time."""
@@ -110,8 +115,8 @@ def pipeline(model: Path, src: Path, tgt: Path, workers: int, trials: int, out: 
         if pool is None:
             init_worker(str(model))
         try:
-            return encode_split(read_text_pair(src, tgt), out, "bench", pool=pool, dtype=np.uint16, max_len=None,
-                                max_ratio=None, window=2 * workers)
+            return encode_split(None, out, "bench", pool=pool, dtype=np.uint16, max_len=None, max_ratio=None,
+                                window=2 * workers, blocks=text_blocks(src, tgt))
         finally:
             if pool is not None:
                 pool.terminate()
@@ -123,7 +128,7 @@ def pipeline(model: Path, src: Path, tgt: Path, workers: int, trials: int, out: 
 PEAK_SNIPPET = """
 import json, sys, numpy as np, multiprocessing as mp
 from adafactor_repro.data.binarize import encode_split, init_worker
-from adafactor_repro.data.sources import read_text_pair
+from adafactor_repro.data.sources import read_text_blocks
 
 def hwm(_=None):  # VmHWM: this process's peak resident set, reset by exec (ru_maxrss is not)
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -134,8 +139,9 @@ base = hwm()
 pool = mp.get_context("fork").Pool(workers, init_worker, (model,)) if workers > 1 else None
 if pool is None:
     init_worker(model)
-st = encode_split(read_text_pair(src, tgt), out, "peak", pool=pool, dtype=np.uint16, max_len=None,
-                  max_ratio=None, window=2 * workers)
+blocks = ((bs, bt, src, tgt, first) for bs, bt, first in read_text_blocks(src, tgt))
+st = encode_split(None, out, "peak", pool=pool, dtype=np.uint16, max_len=None, max_ratio=None,
+                  window=2 * workers, blocks=blocks)
 worker = max(pool.map(hwm, range(8 * workers), chunksize=1)) if pool is not None else 0
 print(json.dumps({"base_kib": base, "main_kib": hwm(), "worker_kib": worker, "pairs": st["kept"]}))
 """
@@ -188,7 +194,8 @@ def main() -> None:
         # 2. Encode throughput: pipeline vs raw sentencepiece, 1 .. all cores, on the same text.
         lines += [f"## Encode throughput (text repeated x{args.repeat}; best of {args.trials})", "",
                   "Pipeline = read + UTF-8 decode + encode both sides + clean + write arrays (what `prepare` runs "
-                  "per split), in a pool of `workers` processes (1 = in-process). Raw = "
+                  "for a train split of text files: the main process reads raw blocks, the workers decode and "
+                  "encode), in a pool of `workers` processes (1 = in-process). Raw = "
                   "`SentencePieceProcessor.encode(list_of_lines, num_threads=1)` on the same lines already in "
                   "memory: the per-core limit. Per-core rates divide by CPU seconds (this process + its "
                   "workers), which other tenants of a shared machine do not inflate; wall rates and the "

@@ -153,6 +153,7 @@ def test_sentencepiece_round_trip_and_special_ids(built):
         ids = tok.encode(text)
         assert tok.decode(ids) == tok.normalize(text)
     assert tok.decode([2] + tok.encode("green tree") + [3, 0, 0]) == "green tree"
+    assert "\u2047" in tok.decode(tok.encode("tree ☃ river"))  # an unknown character stays visible
 
 
 def test_reuse_and_rebuild_on_change(corpus, tmp_path, monkeypatch):
@@ -299,6 +300,22 @@ def test_undecodable_bytes_name_file_and_line(corpus, tmp_path):
     with pytest.raises(DataError, match=r"train\.de:7: undecodable bytes"):
         prepare(cfg_for(d, tmp_path / "data"))
     assert _no_artifacts(tmp_path / "data" / "tiny")
+
+
+def test_undecodable_bytes_reported_from_an_encode_worker(built, tmp_path):
+    """The train split's blocks are decoded in the pool workers; their error reaches the caller intact."""
+    import multiprocessing as mp
+
+    from adafactor_repro.data.binarize import encode_split, init_worker
+    from adafactor_repro.data.sources import read_text_blocks
+
+    (tmp_path / "a.en").write_bytes(b"house tree\n" * 5 + b"green \xff\n")
+    (tmp_path / "a.de").write_bytes(b"Esuoh Eert\n" * 6)
+    model = str(built[0] / "spm.model")
+    blocks = ((bs, bt, "a.en", "a.de", first) for bs, bt, first in read_text_blocks(tmp_path / "a.en", tmp_path / "a.de", 2))
+    with mp.get_context("fork").Pool(2, init_worker, (model,)) as pool:
+        with pytest.raises(DataError, match=r"a\.en:6: undecodable bytes at column 6"):
+            encode_split(None, tmp_path, "x", pool=pool, dtype=np.uint16, max_len=None, max_ratio=None, blocks=blocks)
 
 
 def test_unicode_line_separators_do_not_break_alignment(tmp_path):

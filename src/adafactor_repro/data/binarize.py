@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from .sources import decode_block
+
 REASONS = ("empty", "too_long", "ratio")
 _SP: spm.SentencePieceProcessor | None = None
 
@@ -39,6 +41,10 @@ def _flatten(ids: list[list[int]], dtype) -> tuple[np.ndarray, np.ndarray]:
 def encode_chunk(task: tuple) -> dict:
     """Encode both sides of a chunk, apply the cleaning rules, return kept ids/lengths and drop counts."""
     srcs, tgts, max_len, max_ratio, dtype = task
+    if isinstance(srcs, tuple):  # raw text blocks: (bytes, path, first line number), decoded here
+        srcs, tgts = decode_block(*srcs), decode_block(*tgts)
+        if len(srcs) != len(tgts):  # pragma: no cover - read_text_blocks aligns blocks by line count
+            raise ValueError("misaligned text block")
     # num_threads=1: parallelism comes from the worker processes (spm defaults to all cores per call).
     # Lists of ints + one np.fromiter beat return_type="numpy" (one small array per sentence costs more
     # than the flattening on short segments such as Multi30k's).
@@ -89,12 +95,16 @@ def _chunks(pairs: Iterable[tuple[str, str]], size: int, raw_out) -> Iterator[tu
         yield srcs, tgts
 
 
-def encode_split(pairs: Iterable[tuple[str, str]], out_dir: Path, split: str, *, pool, dtype,
+def encode_split(pairs: Iterable[tuple[str, str]] | None, out_dir: Path, split: str, *, pool, dtype,
                  max_len: int | None, max_ratio: float | None, window: int = 4, chunk_size: int = 2000,
-                 raw_paths: tuple[Path, Path] | None = None) -> dict:
+                 raw_paths: tuple[Path, Path] | None = None,
+                 blocks: Iterable[tuple[bytes, bytes, str, str, int]] | None = None) -> dict:
     """Encode, clean and write one split; returns its counts for meta.json.
 
-    `raw_paths`: also write every line (uncleaned, one segment per line) for BLEU on the full set.
+    Input is either `pairs` (decoded string pairs, chunked here) or `blocks` (raw aligned text blocks from
+    `sources.iter_text_blocks`, decoded in the workers: the main process then only moves bytes, which keeps
+    it off the critical path with many workers). `raw_paths`: also write every line (uncleaned, one segment
+    per line) for BLEU on the full set; only with `pairs`.
     """
     out_dir = Path(out_dir)
     dtype = np.dtype(dtype)
@@ -106,7 +116,13 @@ def encode_split(pairs: Iterable[tuple[str, str]], out_dir: Path, split: str, *,
         if raw_paths is not None:
             raw_out = [open(p, "w", encoding="utf-8", newline="\n") for p in raw_paths]
         with open(out_dir / f"{split}.src.bin", "wb") as fs, open(out_dir / f"{split}.tgt.bin", "wb") as ft:
-            tasks = ((s, t, max_len, max_ratio, dtype) for s, t in _chunks(pairs, chunk_size, raw_out))
+            if blocks is not None:
+                if raw_out is not None:
+                    raise ValueError("raw_paths needs decoded pairs, not raw blocks")
+                tasks = (((bs, ps, first), (bt, pt, first), max_len, max_ratio, dtype)
+                         for bs, bt, ps, pt, first in blocks)
+            else:
+                tasks = ((s, t, max_len, max_ratio, dtype) for s, t in _chunks(pairs, chunk_size, raw_out))
             for res in ordered_imap(pool, encode_chunk, tasks, window):
                 fs.write(res["src"].tobytes())
                 ft.write(res["tgt"].tobytes())

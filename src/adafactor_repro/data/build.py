@@ -31,6 +31,7 @@ from .sources import (
     SplitSource,
     count_pairs,
     iter_split,
+    iter_text_blocks,
     load_hub_split,
     one_line,
     resolve_sources,
@@ -178,12 +179,17 @@ def _build(cfg: dict, sources: dict[str, SplitSource], out: Path, key: str) -> d
         for split in SPLITS:
             src = sources[split]
             is_eval = split in EVAL_SPLITS
-            pairs = (_train_pairs(cfg, src, seed)[0] if split == "train"
-                     else ((one_line(s), one_line(t)) for s, t in iter_split(cfg, src)))
             raw = (out / f"{split}.raw.{cfg['src_lang']}", out / f"{split}.raw.{cfg['tgt_lang']}") if is_eval else None
+            pairs = blocks = None
+            if split == "train" and src.kind == "text" and not cfg.get("max_train_pairs"):
+                blocks = iter_text_blocks(src)  # the big one: workers decode, the main process moves bytes
+            elif split == "train":
+                pairs = _train_pairs(cfg, src, seed)[0]
+            else:
+                pairs = ((one_line(s), one_line(t)) for s, t in iter_split(cfg, src))
             stats = encode_split(pairs, out, split, pool=pool, dtype=dtype, max_len=clean.get("max_len"),
                                  max_ratio=None if is_eval else clean.get("max_ratio"),
-                                 window=2 * workers, raw_paths=raw)
+                                 window=2 * workers, raw_paths=raw, blocks=blocks)
             stats["inputs"] = src.describe()
             stats["cleaned"] = ["empty", "too_long"] if is_eval else ["empty", "too_long", "ratio"]
             if is_eval:

@@ -123,13 +123,13 @@ def _count_rest(f) -> int:
     return sum(1 for _ in f)
 
 
-def _decode_block(raws: list[bytes], path: Path, first_lineno: int) -> list[str]:
-    """Decode a block of raw lines (each ending in b"\\n" except perhaps the file's last) in one call;
-    only on failure go line by line to name the offending line."""
+def decode_block(block: bytes, path: Path, first_lineno: int) -> list[str]:
+    """The lines of a block of whole lines (each ending in b"\\n" except perhaps the file's last), decoded
+    in one call; only on failure go line by line to name the offending line. Splits on "\\n" only."""
     try:
-        text = b"".join(raws).decode("utf-8")
+        text = block.decode("utf-8")
     except UnicodeDecodeError:
-        for k, raw in enumerate(raws):
+        for k, raw in enumerate(block.split(b"\n")):
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError as e:
@@ -138,17 +138,18 @@ def _decode_block(raws: list[bytes], path: Path, first_lineno: int) -> list[str]
                     f"({raw[e.start:e.start + 4]!r}); the corpus must be UTF-8 (convert it with "
                     "`iconv -f <encoding> -t utf-8`)") from None
         raise  # pragma: no cover - a block fails only if one of its lines does
-    lines = text.split("\n")  # "\n" only, never str.splitlines()
-    if raws and raws[-1].endswith(b"\n"):
+    lines = text.split("\n")  # never str.splitlines(): U+0085, U+2028... stay inside their line
+    if block.endswith(b"\n"):
         lines.pop()  # the empty string after the block's final newline
     if "\r" in text:  # CRLF files
         lines = [x[:-1] if x.endswith("\r") else x for x in lines]
     return lines
 
 
-def read_text_pair(src_path: Path, tgt_path: Path, block: int = 4096) -> Iterator[tuple[str, str]]:
-    """Aligned lines of two files, split on b'\\n' only; a length mismatch names both files and counts.
-    Lines are read and decoded in blocks (one decode call per block keeps the reader off the critical path)."""
+def read_text_blocks(src_path: Path, tgt_path: Path, block: int = 2000) -> Iterator[tuple[bytes, bytes, int]]:
+    """Aligned blocks of `block` raw lines of two files as (src_bytes, tgt_bytes, first_lineno), undecoded:
+    bytes cross a process boundary almost for free, so workers decode them. A length mismatch names both
+    files and their line counts."""
     src_path, tgt_path = Path(src_path), Path(tgt_path)
     with _open_lines(src_path) as fs, _open_lines(tgt_path) as ft:
         n = 0
@@ -157,13 +158,26 @@ def read_text_pair(src_path: Path, tgt_path: Path, block: int = 4096) -> Iterato
             if len(bs) != len(bt) or not bs:
                 ns, nt = n + len(bs) + _count_rest(fs), n + len(bt) + _count_rest(ft)
                 break
-            yield from zip(_decode_block(bs, src_path, n + 1), _decode_block(bt, tgt_path, n + 1))
+            yield b"".join(bs), b"".join(bt), n + 1
             n += len(bs)
     if ns != nt:
         raise DataError(
             f"line counts differ: {src_path} has {ns} lines but {tgt_path} has {nt}; the two sides must be "
             "aligned line by line (split on '\\n' only)"
         )
+
+
+def read_text_pair(src_path: Path, tgt_path: Path, block: int = 4096) -> Iterator[tuple[str, str]]:
+    """Aligned decoded lines of two files (see read_text_blocks)."""
+    for bs, bt, first in read_text_blocks(src_path, tgt_path, block):
+        yield from zip(decode_block(bs, src_path, first), decode_block(bt, tgt_path, first))
+
+
+def iter_text_blocks(source: SplitSource, block: int = 2000) -> Iterator[tuple[bytes, bytes, str, str, int]]:
+    """Raw blocks of a text split, its parts in order, with the file names for error messages."""
+    for src_path, tgt_path in source.parts:
+        for bs, bt, first in read_text_blocks(src_path, tgt_path, block):
+            yield bs, bt, str(src_path), str(tgt_path), first
 
 
 def _pairs_from_table(batch, src_lang: str, tgt_lang: str, where: str) -> Iterator[tuple[str, str]]:

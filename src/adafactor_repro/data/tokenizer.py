@@ -14,6 +14,7 @@ import sentencepiece as spm
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPM_MODEL = "spm.model"
+_CONTROL = frozenset((PAD_ID, BOS_ID, EOS_ID))
 
 
 class Tokenizer:
@@ -40,9 +41,8 @@ class Tokenizer:
         return self.sp.encode(texts, num_threads=num_threads)
 
     def decode(self, ids) -> str:
-        # Generation output may carry bos/eos/pad; sentencepiece renders control ids as empty anyway,
-        # but stripping them here keeps decode() independent of that detail.
-        return self.sp.decode([int(i) for i in ids if int(i) > EOS_ID])
+        # Generation output may carry bos/eos/pad: drop them (unk stays, rendered by sentencepiece as " ⁇ ").
+        return self.sp.decode([i for i in map(int, ids) if i not in _CONTROL])
 
     def normalize(self, text: str) -> str:
         """What `decode(encode(text))` returns for text without unknown characters (NFKC, spaces folded)."""
