@@ -194,7 +194,12 @@ def test_interrupted_build_leaves_nothing_that_looks_complete(corpus, tmp_path, 
     parent = tmp_path / "data" / "tiny"
     assert [p.name for p in parent.iterdir() if not p.name.endswith(".lock")] == []
     monkeypatch.undo()
-    assert (prepare(cfg) / "meta.json").is_file()
+    # A SIGKILLed build cannot clean up: its temporary directory is removed by the next build of that key.
+    key = P.build_key(P.data_config(cfg), P.resolve_sources(P.data_config(cfg)))
+    (parent / f".{key}.tmp-killed" / "train.src.bin").parent.mkdir()
+    out = prepare(cfg)
+    assert (out / "meta.json").is_file()
+    assert sorted(p.name for p in parent.iterdir() if not p.name.endswith(".lock")) == [out.name]
 
 
 def test_subset_is_deterministic_and_list_of_stems_concatenates(tmp_path):

@@ -254,6 +254,8 @@ def prepare(data_cfg, *, verbose: bool = False) -> Path:
     with _locked(parent / f".{key}.lock"):
         if (final / META).is_file():  # another process built it while we waited
             return final
+        for stale in parent.glob(f".{key}.tmp-*"):  # left by a killed build (we hold the lock: none is live)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=parent))
         try:
             if verbose:
