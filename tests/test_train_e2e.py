@@ -78,7 +78,8 @@ def model_state(run_dir: Path) -> dict:
 @pytest.mark.slow
 def test_smoke_run_learns_and_writes_the_run_directory(tmp_path):
     torch.manual_seed(0)
-    cfg = make_cfg(tmp_path, "trainer.max_update=40")
+    # a peak FLOP/s given explicitly gives an MFU on CPU too (on a GPU it is looked up from the card name)
+    cfg = make_cfg(tmp_path, "trainer.max_update=40", "trainer.peak_flops=1e12")
     s = train(cfg)
     run = tmp_path / "run"
     assert s["status"] == "completed" and s["updates"] == 40 and s["schedule"] == "warmup"
@@ -92,6 +93,7 @@ def test_smoke_run_learns_and_writes_the_run_directory(tmp_path):
     assert train_recs[-1]["loss"] < 0.8 * train_recs[0]["loss"]  # it learns
     for key in ("nll", "ppl", "lr", "gnorm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes"):
         assert train_recs[-1][key] is not None and train_recs[-1][key] > 0, key
+    assert 0 < train_recs[-1]["mfu"] < 1
     valid = records(run, "valid")
     assert [r["update"] for r in valid] == [10, 20, 30, 40]
     summary = json.loads((run / "summary.json").read_text())
