@@ -227,3 +227,30 @@ def test_average_then_evaluate_scripts(tmp_path):
     assert len((run / "hyp@checkpoint_avg2.test.txt").read_text().splitlines()) == 5
     with pytest.raises(SystemExit, match="unknown keys"):
         _script("evaluate").main([f"run_dir={run}", "beem=4"])
+
+
+@pytest.mark.slow
+def test_sigterm_saves_and_the_rerun_finishes(tmp_path, monkeypatch):
+    """SLURM preemption / scancel: the update in flight finishes, checkpoint_last.pt is written, exit."""
+    import os
+    import signal
+
+    from adafactor_repro.train import loop
+
+    real = loop._log_train
+
+    def term(logger, optimizer, scheduler, win, num_updates, *a, **k):
+        real(logger, optimizer, scheduler, win, num_updates, *a, **k)
+        if num_updates == 15:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "_log_train", term)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    torch.manual_seed(0)
+    s = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=20"))
+    assert s["status"] == "running" and s["updates"] == 15
+    assert torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)["update"] == 15
+    assert signal.getsignal(signal.SIGTERM) == handler_before  # the loop's handler is removed again
+    monkeypatch.undo()
+    s = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=20"))
+    assert s["status"] == "completed" and s["updates"] == 20

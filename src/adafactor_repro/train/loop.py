@@ -312,6 +312,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 b = evaluate_bleu(raw_model, tok, data_dir, ["valid"], cfg.eval, None, device,
                                   max_sentences=cfg.eval.get("max_sentences"))
                 logger.log({"split": "valid", "update": num_updates, "bleu": b["valid"]["bleu"]})
+            if dist.distributed:  # a signal may reach the ranks at different updates: stop together
+                flag = torch.tensor([float(stop.set)], device=device)
+                stop.set = bool(D.all_reduce_sum(flag).item())
             if do_val or do_save or num_updates == max_update or stop.set:
                 counters["wall_time_s"] += time.perf_counter() - t_wall
                 t_wall = time.perf_counter()
