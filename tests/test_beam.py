@@ -127,6 +127,8 @@ def test_length_limits(model):
     src = sources()
     hyps = beam_search(model, src, beam=3, max_len_a=0.0, max_len_b=7, min_len=7)
     assert [len(h) for h in hyps] == [7] * src.size(0)  # eos forbidden before 7 tokens, forced after
+    want = torch.tensor([2, 5, 1, 4])  # per-sentence lengths: eos forbidden before, forced at
+    assert [len(h) for h in beam_search(model, src, beam=3, min_len=want, max_len=want)] == want.tolist()
     src_lens = src.ne(PAD_ID).sum(1).tolist()
     hyps = beam_search(model, src, beam=3, max_len_a=1.0, max_len_b=-2)
     assert all(len(h) <= n - 2 for h, n in zip(hyps, src_lens))

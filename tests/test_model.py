@@ -82,6 +82,14 @@ def test_decoder_is_causal(pre_norm):
         assert (out[:, j] - ref[:, j]).abs().max() > 1e-3    # ... but does see its own input
 
 
+def test_output_mask_selects_positions():
+    torch.manual_seed(0)
+    model = Transformer(tiny_cfg()).eval()
+    src, prev = batch()
+    mask = torch.rand(prev.shape) > 0.3
+    torch.testing.assert_close(model(src, prev, output_mask=mask), model(src, prev)[mask])
+
+
 def test_source_padding_is_masked():
     torch.manual_seed(0)
     model = Transformer(tiny_cfg()).eval()

@@ -31,14 +31,15 @@ def length_penalty(length: int, alpha: float) -> float:
 
 @torch.inference_mode()
 def beam_search(model: Transformer, src_tokens: Tensor, beam: int = 4, lenpen: float = 0.6,
-                max_len_a: float = 1.0, max_len_b: int = 50, min_len: int = 0,
-                return_scores: bool = False):
+                max_len_a: float = 1.0, max_len_b: int = 50, min_len: int | Tensor = 0,
+                max_len: Tensor | None = None, return_scores: bool = False):
     """Translate a padded batch ``src_tokens`` [B, S] (each row ends with eos, right-padded).
 
     Returns, in input order, the best hypothesis of each sentence as a list of token ids without bos/eos
     (and, with ``return_scores``, a list of their length-normalised log-probabilities too).
     A hypothesis has at most ``floor(max_len_a * src_len + max_len_b)`` tokens before its eos (src_len counts
-    the source's eos, as fairseq), capped by ``max_positions``; eos is forbidden before ``min_len`` tokens.
+    the source's eos, as fairseq), capped by ``max_positions``, or ``max_len`` (one per sentence) if given;
+    eos is forbidden before ``min_len`` tokens (an int, or one per sentence).
     """
     if beam < 1:
         raise ValueError(f"beam_search: beam={beam}; need beam >= 1")
@@ -48,24 +49,28 @@ def beam_search(model: Transformer, src_tokens: Tensor, beam: int = 4, lenpen: f
     was_training = model.training
     model.eval()  # dropout off; restored below
     try:
-        return _beam_search(model, src_tokens, beam, lenpen, max_len_a, max_len_b, min_len, return_scores)
+        return _beam_search(model, src_tokens, beam, lenpen, max_len_a, max_len_b, min_len, max_len,
+                            return_scores)
     finally:
         model.train(was_training)
 
 
-def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, return_scores):
+def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, max_len, return_scores):
     B, device = src_tokens.size(0), src_tokens.device
     V = model.cfg.vocab_size
-    src_lens = src_tokens.ne(PAD_ID).sum(1)
-    # the target sequence fed to the decoder holds bos + tokens, so at most max_positions - 1 tokens
-    max_lens = (max_len_a * src_lens.double() + max_len_b).floor().long().clamp(0, model.cfg.max_positions - 1)
-    max_lens = max_lens.clamp(min=min_len)
+    if max_len is None:
+        src_lens = src_tokens.ne(PAD_ID).sum(1)
+        max_len = (max_len_a * src_lens.double() + max_len_b).floor().long()
+    # the decoder input holds bos + tokens, so a hypothesis has at most max_positions - 1 tokens
+    max_len = torch.as_tensor(max_len, device=device).long().clamp(0, model.cfg.max_positions - 1).expand(B)
+    min_len = torch.as_tensor(min_len, device=device).long().expand(B)
+    max_len = torch.maximum(max_len, min_len)
 
+    # Step 0 runs on one row per sentence (all beams would be identical); the cache is then expanded to
+    # K rows per sentence by the first reordering below.
     cache = model.init_cache(model.encode(src_tokens))
-    cache.index_select(torch.arange(B, device=device).repeat_interleave(K))
-    tokens = torch.full((B * K, 1), BOS_ID, dtype=torch.long, device=device)
-    scores = torch.zeros(B, K, device=device)
-    scores[:, 1:] = -math.inf  # all beams start identical: let only the first one expand at step 0
+    tokens = torch.full((B, 1), BOS_ID, dtype=torch.long, device=device)
+    scores = torch.zeros(B, 1, device=device)  # cumulative log-probabilities of the live beams
     active = torch.arange(B, device=device)  # original index of each sentence still in the batch
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     not_eos = torch.arange(V, device=device).ne(EOS_ID)
@@ -73,17 +78,18 @@ def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, re
 
     step = 0
     while active.numel():
-        n = active.numel()
+        n, k_now = scores.shape
         lprobs = torch.log_softmax(model.decode_step(tokens[:, -1], cache).float(), dim=-1)
         lprobs[:, PAD_ID] = -math.inf
         lprobs[:, BOS_ID] = -math.inf
-        if step < min_len:
-            lprobs[:, EOS_ID] = -math.inf
-        at_max = max_lens[active] <= step  # [n]: these sentences must end now, with eos's own log-prob
-        lprobs = lprobs.masked_fill(at_max.repeat_interleave(K)[:, None] & not_eos, -math.inf)
+        lprobs[:, EOS_ID].masked_fill_((min_len[active] > step).repeat_interleave(k_now), -math.inf)
+        at_max = max_len[active] <= step  # [n]: these sentences end now, with eos's own log-prob
+        any_at_max = bool(at_max.any())
+        if any_at_max:  # (skips two passes over [rows, V] on most steps)
+            lprobs.masked_fill_(at_max.repeat_interleave(k_now)[:, None] & not_eos, -math.inf)
 
-        cand = (scores[:, :, None] + lprobs.view(n, K, V)).view(n, K * V)
-        top_scores, top_idx = cand.topk(min(2 * K, K * V), dim=1)
+        cand = (scores[:, :, None] + lprobs.view(n, k_now, V)).view(n, k_now * V)
+        top_scores, top_idx = cand.topk(min(2 * K, k_now * V), dim=1)
         top_beam, top_tok = top_idx // V, top_idx % V
         is_eos = top_tok.eq(EOS_ID) & top_scores.isfinite()
 
@@ -91,22 +97,22 @@ def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, re
         fin = is_eos[:, :K].nonzero().tolist()
         if fin:
             lp = length_penalty(step + 1, lenpen)
-            fin_scores = top_scores[:, :K].tolist()
-            fin_rows = top_beam[:, :K].tolist()
-            hyp_tokens = tokens[:, 1:].tolist()
-            act = active.tolist()
+            fin_scores, fin_beams = top_scores[:, :K].tolist(), top_beam[:, :K].tolist()
+            hyp_tokens, act = tokens[:, 1:].tolist(), active.tolist()
             for i, j in fin:
                 store = finished[act[i]]
                 if len(store) < K:
-                    store.append((fin_scores[i][j] / lp, hyp_tokens[i * K + fin_rows[i][j]]))
-        done = at_max.clone()
+                    store.append((fin_scores[i][j] / lp, hyp_tokens[i * k_now + fin_beams[i][j]]))
+        done = at_max.clone() if any_at_max else torch.zeros_like(at_max)
         if fin:
             done |= torch.tensor([len(finished[s]) >= K for s in active.tolist()], device=device)
 
-        # The K best non-eos proposals continue (stable order: eos ones sorted after every non-eos one).
-        keep_pos = (is_eos.long() * 2 * K + cand_rank).topk(K, dim=1, largest=False).indices
-        scores = top_scores.gather(1, keep_pos)
-        rows = (torch.arange(n, device=device)[:, None] * K + top_beam.gather(1, keep_pos))
+        # The K best non-eos proposals continue (stable order: eos ones sorted after every non-eos one;
+        # should fewer than K non-eos be finite, the eos fillers get -inf and never finish).
+        keep_pos = (is_eos.long() * 2 * K + cand_rank[: top_idx.size(1)]).topk(
+            min(K, top_idx.size(1)), dim=1, largest=False).indices
+        scores = top_scores.gather(1, keep_pos).masked_fill(is_eos.gather(1, keep_pos), -math.inf)
+        rows = torch.arange(n, device=device)[:, None] * k_now + top_beam.gather(1, keep_pos)
         next_tok = top_tok.gather(1, keep_pos)
         shrink = bool(done.any())
         if shrink:
@@ -114,8 +120,9 @@ def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, re
             active, scores, rows, next_tok = active[keep], scores[keep], rows[keep], next_tok[keep]
         rows = rows.view(-1)
         tokens = torch.cat([tokens.index_select(0, rows), next_tok.view(-1, 1)], dim=1)
-        # Reordering beams stays within a sentence, whose encoder keys/values are the same for every beam.
-        cache.index_select(rows, self_only=not shrink)
+        # Reordering beams stays within a sentence, whose encoder keys/values are the same for every beam;
+        # only widening the beam (after step 0) or dropping finished sentences changes the encoder side.
+        cache.index_select(rows, self_only=not shrink and keep_pos.size(1) == k_now)
         step += 1
 
     best = [max(hyps, key=lambda h: h[0]) for hyps in finished]

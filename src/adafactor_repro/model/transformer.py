@@ -125,7 +125,7 @@ class CrossAttention(nn.Module):
         k, v = self.kv(enc).view(B, S, 2, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], attn_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, kv: tuple[Tensor, Tensor], attn_mask: Tensor | None) -> Tensor:
         B, T, D = x.shape
         q = self.q(x).view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
         y = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask,
@@ -199,7 +199,7 @@ class DecoderCache:
 
     self_kv: list[tuple[Tensor, Tensor] | None]  # per decoder layer, [N, H, t, d/H] each, grows by one per step
     cross_kv: list[tuple[Tensor, Tensor]]         # per decoder layer, [N, H, S, d/H], fixed
-    src_mask: Tensor                              # [N, 1, 1, S] bool, True = may attend
+    src_mask: Tensor | None                       # [N, 1, 1, S] bool, True = may attend; None: no padding
     step: int = 0                                 # target positions already decoded (= next position)
 
     def index_select(self, index: Tensor, self_only: bool = False) -> None:
@@ -209,7 +209,8 @@ class DecoderCache:
                         for kv in self.self_kv]
         if not self_only:
             self.cross_kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross_kv]
-            self.src_mask = self.src_mask.index_select(0, index)
+            if self.src_mask is not None:
+                self.src_mask = self.src_mask.index_select(0, index)
 
 
 class Transformer(nn.Module):
@@ -264,17 +265,22 @@ class Transformer(nn.Module):
             x, _ = layer(x, layer.cross_attn.project_kv(encoder_out.out), src_mask)
         return self.decoder_ln(x)
 
-    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor) -> Tensor:
-        """Teacher-forced training pass: logits [B, T, V] for every target position."""
-        return self.output_projection(self.decode(prev_output_tokens, self.encode(src_tokens)))
+    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, output_mask: Tensor | None = None) -> Tensor:
+        """Teacher-forced training pass: logits [B, T, V] for every target position, or, given a bool
+        ``output_mask`` [B, T] (e.g. ``target != pad``), logits [n, V] of the selected positions only (in
+        row-major order, matching ``target[output_mask]``): the output layer and the loss then skip padding."""
+        h = self.decode(prev_output_tokens, self.encode(src_tokens))
+        return self.output_projection(h if output_mask is None else h[output_mask])
 
     # ---- incremental decoding -----------------------------------------------------------------------
     def init_cache(self, encoder_out: EncoderOut) -> DecoderCache:
         """Project the encoder states to each decoder layer's keys/values once; the self-attention cache
         starts empty. Expand it to beams with ``cache.index_select(arange(B).repeat_interleave(beam))``."""
+        pad = encoder_out.padding_mask
         return DecoderCache(self_kv=[None] * len(self.decoder),
                             cross_kv=[layer.cross_attn.project_kv(encoder_out.out) for layer in self.decoder],
-                            src_mask=~encoder_out.padding_mask[:, None, None, :])
+                            # without padding, no mask: SDPA's fast path (one host sync per batch, not per step)
+                            src_mask=~pad[:, None, None, :] if bool(pad.any()) else None)
 
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
         """One decoder position for every row: ``tokens`` [N] (or [N, 1]) are the previous outputs at
