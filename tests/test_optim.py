@@ -219,6 +219,25 @@ def test_bf16_parameters_use_fp32_math():
         assert torch.equal(p16.detach(), p32.detach().bfloat16())
 
 
+def test_bf16_state_stays_fp32_through_a_round_trip():
+    # torch.optim.Optimizer.load_state_dict casts state to the parameter dtype; ours must stay fp32.
+    shapes = [(40, 30), (30,)]
+    kw = dict(lr=0.05, beta1=0.9, min_dim_size_to_factor=MIN_DIM)
+    grads = grad_sequence(shapes, 4)
+    ps = make_params(shapes=shapes, dtype=torch.bfloat16)
+    opt = Adafactor(ps, **kw)
+    run(opt, ps, grads)
+    ps2 = make_params(shapes=shapes, dtype=torch.bfloat16)
+    opt2 = Adafactor(ps2, **kw)
+    run(opt2, ps2, grads[:2])
+    ps3 = [torch.nn.Parameter(p.detach().clone()) for p in ps2]
+    opt3 = Adafactor(ps3, **kw)
+    opt3.load_state_dict(opt2.state_dict())
+    assert all(v.dtype == torch.float32 for p in ps3 for k, v in opt3.state[p].items() if k != "step")
+    run(opt3, ps3, grads[2:])
+    assert all(torch.equal(a, b) for a, b in zip(ps, ps3))
+
+
 def test_stochastic_rounding_is_unbiased_and_keeps_tiny_updates():
     torch.manual_seed(0)
     from adafactor_repro.optim import stochastic_round_to_bf16

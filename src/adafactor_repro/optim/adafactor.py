@@ -286,6 +286,17 @@ class Adafactor(Optimizer):
             }
         return loss
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        # torch.optim.Optimizer casts floating-point state to the parameter's dtype; the statistics here are
+        # fp32 whatever the parameter dtype (bf16 parameters), so put back the saved tensors at their dtype.
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params):
+            for key, value in state_dict["state"].get(i, {}).items():
+                if torch.is_tensor(value) and value.dtype != self.state[p][key].dtype:
+                    self.state[p][key] = value.to(device=p.device, dtype=value.dtype, copy=True)
+
     def stats(self) -> dict[str, torch.Tensor]:
         """The paper's Figure 1 quantities of the last ``step()`` as 0-d tensors on the parameters' device:
         ``rms_u_mean`` / ``rms_u_max`` (RMS of the unclipped update over tensors), ``clip_fraction`` (share of
