@@ -137,6 +137,18 @@ def _train_pairs(cfg: dict, source: SplitSource, seed: int):
     return gen(), {"max_train_pairs": int(limit), "total_pairs": total, "selected": int(limit)}
 
 
+def write_spm_sample(pairs, path: Path) -> int:
+    """Both sides of every pair, one non-empty sentence a line: the file sentencepiece samples from."""
+    n_lines = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for s, t in pairs:
+            for side in (s, t):
+                if side.strip():
+                    f.write(one_line(side) + "\n")
+                    n_lines += 1
+    return n_lines
+
+
 def _build(cfg: dict, sources: dict[str, SplitSource], out: Path, key: str) -> dict:
     t0 = time.perf_counter()
     workers = num_workers(cfg)
@@ -146,14 +158,8 @@ def _build(cfg: dict, sources: dict[str, SplitSource], out: Path, key: str) -> d
     # 1. The joint sentencepiece model, trained on both sides of the (subset) training pairs. The text is
     #    streamed to a file and sentencepiece samples `input_sentence_size` sentences from it.
     text = out / "spm_train.txt"
-    n_lines = 0
     pairs, subset = _train_pairs(cfg, sources["train"], seed)
-    with open(text, "w", encoding="utf-8", newline="\n") as f:
-        for s, t in pairs:
-            for side in (s, t):
-                if side.strip():
-                    f.write(one_line(side) + "\n")
-                    n_lines += 1
+    n_lines = write_spm_sample(pairs, text)
     if n_lines == 0:
         raise DataError(f"the train split ({'; '.join(sources['train'].describe())}) has no non-empty lines")
     model = train_spm(text, out / "spm", model_type=spm_cfg["model_type"], vocab_size=spm_cfg["vocab_size"],
