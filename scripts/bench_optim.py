@@ -82,7 +82,26 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def bench_all(makers: dict, shapes, device, steps: int, warmup: int) -> dict:
+def cpu_time_1thread(opts: dict, steps: int) -> dict:
+    """Median CPU time of the calling thread per step with torch (and the kernel) on one thread. On a shared
+    machine wall time measures the neighbours as much as the step; one thread's CPU time measures the work
+    (memory stalls included) and is not inflated by threads waiting for each other to be scheduled."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = {name: [] for name in opts}
+        for r in range(steps + 1):
+            for name, opt in opts.items():
+                t0 = time.thread_time()
+                opt.step()
+                if r > 0:
+                    times[name].append(time.thread_time() - t0)
+    finally:
+        torch.set_num_threads(before)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def bench_all(makers: dict, shapes, device, steps: int, warmup: int, cpu_steps: int) -> dict:
     """Round-robin: every round steps each optimizer once, so load from other processes on a shared machine
     falls on all of them alike. All optimizers share one parameter set and one set of gradients (the values
     drift, which does not change the work of a step)."""
@@ -98,11 +117,12 @@ def bench_all(makers: dict, shapes, device, steps: int, warmup: int) -> dict:
             sync(device)
             if r >= warmup:
                 times[name].append(time.perf_counter() - t0)
+    cpu_ms = cpu_time_1thread(opts, cpu_steps) if device.type == "cpu" and cpu_steps > 0 else {}
     rows = {}
     for name, opt in opts.items():
         state = optimizer_state_bytes(opt)
         rows[name] = dict(ms=statistics.median(times[name]) * 1e3, state=state, bpp=state / n, n=n, peak=None,
-                          sync_free=None)  # fmt: skip
+                          sync_free=None, cpu_ms=cpu_ms.get(name))  # fmt: skip
         if device.type == "cuda":
             base = torch.cuda.memory_allocated(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -142,6 +162,8 @@ def main(argv=None):
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--steps", type=int, default=15, help="timed steps per optimizer (median reported)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (state allocation, kernel build)")
+    ap.add_argument("--cpu-steps", type=int, default=5,
+                    help="CPU only: steps of a second, one-thread round-robin timed by thread CPU time (0: skip)")
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--only", nargs="*", help="substrings of the optimizer names to run (default all)")
     ap.add_argument("--out", type=Path, default=None, help="markdown output (default results/bench_optim.md)")
@@ -152,7 +174,8 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch.cuda.is_available() is False")
     shapes = transformer_base_shapes(args.vocab)
-    rows = bench_all(candidates(args), shapes, device, args.steps, args.warmup)
+    rows = bench_all(candidates(args), shapes, device, args.steps, args.warmup, args.cpu_steps)
+    cpu_cols = all(r["cpu_ms"] is not None for r in rows.values())
     for name, r in rows.items():
         print(f"{name:36s} {r['ms']:8.2f} ms  {r['bpp']:.4f} B/param", flush=True)
     ref = rows.get("torch.optim.Adam fused")
@@ -165,15 +188,23 @@ def main(argv=None):
         f"Machine: {machine_info(device)}  ",
         f"Command: `{cmd.strip()}`  ",
         f"Median of {args.steps} timed steps after {args.warmup} warm-up steps; gradients fixed; the optimizers "
-        "step in turn (round-robin, one shared parameter set), so the ratios compare steps made side by side.",
+        "step in turn (round-robin, one shared parameter set), so the ratios compare steps made side by side. "
+        f"`1-thread CPU`: median over {args.cpu_steps} more round-robin steps with torch on one thread, timed by "
+        "the thread's CPU time, which a busy shared machine does not inflate.",
         "",
-        "| optimizer | step (ms) | vs fused Adam | state (MB) | bytes/param |"
+        "| optimizer | step (ms) | vs fused Adam |"
+        + (" 1-thread CPU (ms) | vs fused Adam |" if cpu_cols else "")
+        + " state (MB) | bytes/param |"
         + (" peak transient (MB) | host-sync free |" if device.type == "cuda" else ""),
-        "|---|---:|---:|---:|---:|" + ("---:|---|" if device.type == "cuda" else ""),
+        "|---|---:|---:|" + ("---:|---:|" if cpu_cols else "") + "---:|---:|" + ("---:|---|" if device.type == "cuda" else ""),
     ]
     for name, r in rows.items():
         ratio = f"{r['ms'] / ref['ms']:.2f}" if ref else "n/a"
-        line = f"| {name} | {r['ms']:.1f} | {ratio} | {r['state'] / 1e6:.2f} | {r['bpp']:.4f} |"
+        line = f"| {name} | {r['ms']:.1f} | {ratio} |"
+        if cpu_cols:
+            cratio = f"{r['cpu_ms'] / ref['cpu_ms']:.2f}" if ref else "n/a"
+            line += f" {r['cpu_ms']:.1f} | {cratio} |"
+        line += f" {r['state'] / 1e6:.2f} | {r['bpp']:.4f} |"
         if device.type == "cuda":
             sf = "" if r["sync_free"] is None else ("yes" if r["sync_free"] else "NO")
             line += f" {r['peak'] / 1e6:.1f} | {sf} |"
