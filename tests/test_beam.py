@@ -160,3 +160,23 @@ def test_translate_keeps_order_and_batching_does_not_change_results():
     assert len(seen) > 1 and seen[-1] == len(sents)  # several batches
     src = torch.tensor([tok.encode("cafe") + [EOS_ID]])
     assert one_batch[4] == tok.decode(beam_search(model, src, beam=2, max_len_b=8)[0])
+
+
+def test_translate_with_the_project_tokenizer_and_collate(tmp_path):
+    """End to end with the data package: a sentencepiece model trained here, its Tokenizer, collate's layout."""
+    spm = pytest.importorskip("sentencepiece")
+    from adafactor_repro.data import Tokenizer, collate
+
+    text = ["a small house by the river", "the red car is fast", "ein kleines Haus am Fluss",
+            "das rote Auto ist schnell", "the house is red", "das Haus ist rot"] * 20
+    (tmp_path / "corpus.txt").write_text("\n".join(text) + "\n", encoding="utf-8")
+    spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(tmp_path / "spm"),
+                                   vocab_size=32, pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+                                   minloglevel=2, character_coverage=1.0)
+    tok = Tokenizer(tmp_path / "spm.model")
+    model = make_model(vocab=tok.vocab_size, train_steps=0)
+    sents = ["the red house", "ein Auto", "a small river is fast"]
+    out = translate(model, tok, sents, beam=3, max_len_b=6)
+    batch = collate([(tok.encode(s), tok.encode(s)) for s in sents])
+    hyps = beam_search(model, batch["src_tokens"], beam=3, max_len_b=6)
+    assert out == [tok.decode(h) for h in hyps]
