@@ -96,9 +96,10 @@ def validate(model, dataset, sampler, *, device, autocast_dtype, label_smoothing
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     for idx in sampler:
         b = to_device(collate([dataset[i] for i in idx], pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id), device)
+        mask = b["target"].ne(tok.pad_id)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(b["src_tokens"], b["prev_output_tokens"])
-        loss, nll = label_smoothed_nll_loss(logits, b["target"], label_smoothing, tok.pad_id)
+            logits = model(b["src_tokens"], b["prev_output_tokens"], output_mask=mask)
+        loss, nll = label_smoothed_nll_loss(logits, b["target"][mask], label_smoothing, tok.pad_id)
         sums += torch.stack((loss.detach().double(), nll.double(), torch.tensor(float(b["ntokens"]), device=device, dtype=torch.float64)))
     D.all_reduce_sum(sums)
     model.train(was_training)
