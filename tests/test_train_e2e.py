@@ -79,7 +79,8 @@ def model_state(run_dir: Path) -> dict:
 def test_smoke_run_learns_and_writes_the_run_directory(tmp_path):
     torch.manual_seed(0)
     # a peak FLOP/s given explicitly gives an MFU on CPU too (on a GPU it is looked up from the card name)
-    cfg = make_cfg(tmp_path, "trainer.max_update=40", "trainer.peak_flops=1e12")
+    cfg = make_cfg(tmp_path, "trainer.max_update=40", "trainer.peak_flops=1e12", "trainer.bleu_interval=20",
+                   "eval.max_sentences=4")
     s = train(cfg)
     run = tmp_path / "run"
     assert s["status"] == "completed" and s["updates"] == 40 and s["schedule"] == "warmup"
@@ -94,8 +95,10 @@ def test_smoke_run_learns_and_writes_the_run_directory(tmp_path):
     for key in ("nll", "ppl", "lr", "gnorm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes"):
         assert train_recs[-1][key] is not None and train_recs[-1][key] > 0, key
     assert 0 < train_recs[-1]["mfu"] < 1
-    valid = records(run, "valid")
+    valid = [r for r in records(run, "valid") if "loss" in r]
     assert [r["update"] for r in valid] == [10, 20, 30, 40]
+    periodic_bleu = [r for r in records(run, "valid") if "bleu" in r]  # on eval.max_sentences sentences
+    assert [(r["update"], r["bleu_sentences"]) for r in periodic_bleu] == [(20, 4), (40, 4)]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["valid_loss"] == pytest.approx(valid[-1]["loss"])
     assert summary["optimizer_state_bytes"] > 0 and summary["num_parameters"] > 0

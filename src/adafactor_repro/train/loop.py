@@ -312,7 +312,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if int(t.get("bleu_interval") or 0) > 0 and num_updates % int(t.bleu_interval) == 0 and main:
                 b = evaluate_bleu(raw_model, tok, data_dir, ["valid"], cfg.eval, None, device,
                                   max_sentences=cfg.eval.get("max_sentences"))
-                logger.log({"split": "valid", "update": num_updates, "bleu": b["valid"]["bleu"]})
+                logger.log({"split": "valid", "update": num_updates, "bleu": b["valid"]["bleu"],
+                            "bleu_sentences": b["valid"]["sentences"]})
             if dist.distributed:  # a signal may reach the ranks at different updates: stop together
                 flag = torch.tensor([float(stop.set)], device=device)
                 stop.set = bool(D.all_reduce_sum(flag).item())
@@ -333,6 +334,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         s = summary("diverged", last_valid, diverged_at=e.args[0], nonfinite_total=counters["nonfinite_total"])
         D.cleanup()
         return s
+    except BaseException:  # a crash or Ctrl-C: close the log files (wandb, progress bar) and re-raise
+        logger.close()
+        raise
     finally:
         stop.restore()
 
