@@ -104,6 +104,14 @@ def test_smoke_run_learns_and_writes_the_run_directory(tmp_path):
     assert summary["optimizer_state_bytes"] > 0 and summary["num_parameters"] > 0
     bleu = json.loads((run / "bleu.json").read_text())
     assert set(bleu) == {"valid", "test"} and "bleu_signature" in bleu["test"]
+    # the run records which data build and which sentencepiece model it saw
+    import yaml
+
+    from adafactor_repro.data import load_meta
+    art = yaml.safe_load((run / "config.yaml").read_text())["data_artifact"]
+    meta = load_meta(art["dir"])
+    assert art["spm_sha256"] == meta["spm"]["sha256"] and len(art["spm_sha256"]) == 64
+    assert art["key"] == meta["key"]
     assert len((run / "hyp.test.txt").read_text().splitlines()) == 16
     ckpt = torch.load(run / "checkpoint_last.pt", weights_only=True)
     for k in ("model", "optimizer", "scheduler", "sampler", "rng", "update", "epoch", "config", "model_args",

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..data import TokenBatchSampler, TranslationDataset, collate, load_tokenizer, prepare
+from ..data import TokenBatchSampler, TranslationDataset, collate, load_meta, load_tokenizer, prepare
 from ..model import Transformer, TransformerConfig
 from ..optim import optimizer_state_breakdown, optimizer_state_bytes
 from . import distributed as D
@@ -193,6 +193,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         counters.update({k: state["counters"][k] for k in counters if k in state.get("counters", {})})
         del state
     resolved = resolved_config(cfg)
+    # Which built data this run saw: the artifact's cache key and the sentencepiece model's sha256.
+    meta = load_meta(data_dir)
+    resolved["data_artifact"] = {"dir": str(data_dir), "key": meta.get("key"),
+                                 "spm_sha256": meta.get("spm", {}).get("sha256")}
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
