@@ -38,147 +38,169 @@ static double step_scale(const hyper *h, double rms_u, double rms_x, float *alph
  * bit (an OpenMP reduction clause combines partials in an unspecified order). */
 #define ROW_GROUPS 16
 
-static void factored(const int64_t *md, double beta2t, const hyper *h, int nt, float *rms_out, float *alpha_out) {
-    const int64_t B = md[1], n = md[2], m = md[3];
-    float *x = (float *)(intptr_t)md[4];
-    const float *g = (const float *)(intptr_t)md[5];
-    float *R = (float *)(intptr_t)md[6], *C = (float *)(intptr_t)md[7], *mom = (float *)(intptr_t)md[8];
-    const float b2 = (float)beta2t, omb2 = (float)(1.0 - beta2t), eps1 = (float)h->eps1;
-    const int K = n < ROW_GROUPS ? (int)n : ROW_GROUPS;
-    /* per row group: column sums of G^2 + eps1, and D_j = sum_i G_ij^2 / R_i (for RMS(U), see below) */
-    float *colacc = (float *)malloc(sizeof(float) * 2 * (size_t)K * (size_t)m);
-    double part[2 * ROW_GROUPS];
-    float *a = (float *)malloc(sizeof(float) * (size_t)(B * n));
-    float *bc = (float *)malloc(sizeof(float) * (size_t)(B * m));
-    double xs = 0.0, su = 0.0;
-    for (int64_t b = 0; b < B; b++) {
-        const float *gb = g + b * n * m;
-        const float *xb = x + b * n * m;
-        float *Rb = R + b * n, *Cb = C + b * m;
-        /* pass 1 (reads G and X): R <- b2 R + (1-b2) rowmean(G^2 + eps1), C likewise with column means, sum X^2.
-         * RMS(U) comes out of the same pass: U_ij^2 = G_ij^2 mean(R) / (R_i C_j), so
-         * sum U^2 = mean(R) sum_j D_j / C_j with D_j = sum_i G_ij^2 / R_i, and R_i is final once row i is
-         * summed; the second sweep over the row hits L1. */
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-        for (int k = 0; k < K; k++) {
-            float *ca = colacc + (size_t)k * 2 * (size_t)m, *da = ca + m;
-            memset(ca, 0, sizeof(float) * 2 * (size_t)m);
-            double rsum = 0.0, xsum = 0.0;
-            for (int64_t i = n * k / K; i < n * (k + 1) / K; i++) {
-                const float *gr = gb + i * m, *xr = xb + i * m;
-                float rs = 0.f, xr2 = 0.f;
-#pragma omp simd reduction(+ : rs, xr2)
-                for (int64_t j = 0; j < m; j++) {
-                    const float q = gr[j] * gr[j] + eps1;
-                    rs += q;
-                    ca[j] += q;
-                    xr2 += xr[j] * xr[j];
-                }
-                const float ri = b2 * Rb[i] + omb2 * (rs / (float)m);
-                Rb[i] = ri;
-                rsum += ri;
-                xsum += xr2;
-                const float inv = 1.0f / ri;
-#pragma omp simd
-                for (int64_t j = 0; j < m; j++) da[j] += gr[j] * gr[j] * inv;
-            }
-            part[2 * k] = rsum;
-            part[2 * k + 1] = xsum;
-        }
-        double rsum = 0.0, dsum = 0.0;
-        for (int k = 0; k < K; k++) {
-            rsum += part[2 * k];
-            xs += part[2 * k + 1];
-        }
-        for (int64_t j = 0; j < m; j++) {
-            float s = 0.f, d = 0.f;
-            for (int k = 0; k < K; k++) {
-                s += colacc[(size_t)k * 2 * (size_t)m + j];
-                d += colacc[(size_t)k * 2 * (size_t)m + m + j];
-            }
-            const float cj = b2 * Cb[j] + omb2 * (s / (float)n);
-            Cb[j] = cj;
-            dsum += (double)d / (double)cj;
-        }
-        const float rmean = (float)(rsum / (double)n);
-        su += (double)rmean * dsum;
-        float *ab = a + b * n, *bb = bc + b * m;
-        for (int64_t i = 0; i < n; i++) ab[i] = 1.0f / sqrtf(Rb[i] / rmean);
-        for (int64_t j = 0; j < m; j++) bb[j] = 1.0f / sqrtf(Cb[j]);
+/* One tensor of the step: its pointers, its per-block partial sums and its outputs. */
+typedef struct {
+    int factored;
+    int64_t B, n, m, K, nblocks; /* factored: B matrices n x m, K row groups each; full: n*m elements */
+    float *x, *mom, *R, *C, *v;
+    const float *g;
+    float b2, omb2;
+    float *colacc; /* factored: per (matrix, row group) column sums of G^2+eps1 and D_j = sum_i G_ij^2/R_i */
+    float *a, *bc; /* factored: a_i = rsqrt(R_i / mean R), b_j = rsqrt(C_j) */
+    double *part;  /* per block: (sum R_i or sum U^2, sum X^2) */
+    float s;       /* alpha / clipping denominator */
+} tensor;
+
+static int setup(tensor *t, const int64_t *md, double beta2t) {
+    memset(t, 0, sizeof *t);
+    t->factored = (int)md[0];
+    t->B = md[1], t->n = md[2], t->m = md[3];
+    t->x = (float *)(intptr_t)md[4];
+    t->g = (const float *)(intptr_t)md[5];
+    t->mom = (float *)(intptr_t)md[8];
+    t->b2 = (float)beta2t, t->omb2 = (float)(1.0 - beta2t);
+    if (t->factored) {
+        t->R = (float *)(intptr_t)md[6], t->C = (float *)(intptr_t)md[7];
+        t->K = t->n < ROW_GROUPS ? t->n : ROW_GROUPS;
+        t->nblocks = t->B * t->K;
+        t->colacc = (float *)malloc(sizeof(float) * 2 * (size_t)(t->nblocks * t->m));
+        t->a = (float *)malloc(sizeof(float) * (size_t)(t->B * t->n));
+        t->bc = (float *)malloc(sizeof(float) * (size_t)(t->B * t->m));
+    } else {
+        t->v = (float *)(intptr_t)md[6];
+        t->nblocks = (t->n * t->m + CHUNK - 1) / CHUNK;
     }
-    const double numel = (double)(B * n * m);
-    const double rms_u = sqrt(su / numel);
-    *rms_out = (float)rms_u;
-    const float s = (float)step_scale(h, rms_u, sqrt(xs / numel), alpha_out);
-    const float wdf = (float)h->wdf, b1 = (float)h->beta1, omb1 = (float)(1.0 - h->beta1);
-    /* pass 2 (reads G and X, writes X): X <- X (1 - lr wd) - update, update = s a_i b_j G_ij with
-     * s = alpha / max(1, RMS(U)/d), or the momentum average of it (beta1 > 0) */
-    for (int64_t b = 0; b < B; b++) {
-        const float *gb = g + b * n * m, *ab = a + b * n, *bb = bc + b * m;
-        float *xb = x + b * n * m;
-        float *mb = mom ? mom + b * n * m : NULL;
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-        for (int64_t i = 0; i < n; i++) {
-            const float sa = s * ab[i];
-            const float *gr = gb + i * m;
-            float *xr = xb + i * m;
-            if (mb) {
-                float *mr = mb + i * m;
-#pragma omp simd
-                for (int64_t j = 0; j < m; j++) {
-                    const float v = b1 * mr[j] + omb1 * (sa * bb[j] * gr[j]);
-                    mr[j] = v;
-                    xr[j] = xr[j] * wdf - v;
-                }
-            } else {
-#pragma omp simd
-                for (int64_t j = 0; j < m; j++) xr[j] = xr[j] * wdf - sa * bb[j] * gr[j];
-            }
-        }
-    }
-    free(colacc);
-    free(a);
-    free(bc);
+    t->part = (double *)malloc(sizeof(double) * 2 * (size_t)t->nblocks);
+    return t->part != NULL && (!t->factored || (t->colacc && t->a && t->bc));
 }
 
-static void full(const int64_t *md, double beta2t, const hyper *h, int nt, float *rms_out, float *alpha_out) {
-    const int64_t N = md[2] * md[3];
-    float *x = (float *)(intptr_t)md[4];
-    const float *g = (const float *)(intptr_t)md[5];
-    float *v = (float *)(intptr_t)md[6], *mom = (float *)(intptr_t)md[8];
-    const float b2 = (float)beta2t, omb2 = (float)(1.0 - beta2t), eps1 = (float)h->eps1;
-    const int64_t nchunks = (N + CHUNK - 1) / CHUNK;
-    double *part = (double *)malloc(sizeof(double) * 2 * (size_t)nchunks);
-    /* pass 1: V <- b2 V + (1-b2)(G^2+eps1) (Alg. 5 line 6); sum U^2 = sum G^2/V; sum X^2 */
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (int64_t c = 0; c < nchunks; c++) {
-        const int64_t lo = c * CHUNK, hi = lo + CHUNK < N ? lo + CHUNK : N;
-        float s = 0.f, x2 = 0.f;
-#pragma omp simd reduction(+ : s, x2)
+static void release(tensor *t) {
+    free(t->colacc);
+    free(t->a);
+    free(t->bc);
+    free(t->part);
+}
+
+/* Pass 1 over block `blk` (reads G and X).
+ * factored: rows of one row group. R_i <- b2 R_i + (1-b2) rowmean(G^2 + eps1) (Alg. 4), column sums for C,
+ *   sum X^2, and D_j = sum_i G_ij^2 / R_i: as U_ij^2 = G_ij^2 mean(R) / (R_i C_j), sum U^2 = mean(R) sum_j D_j/C_j,
+ *   and R_i is final once row i is summed (the second sweep over the row hits L1), so RMS(U) needs no pass
+ *   of its own.
+ * full: V <- b2 V + (1-b2)(G^2 + eps1) (Alg. 5), sum G^2/V and sum X^2 over one chunk. */
+static void pass1(tensor *t, int64_t blk, float eps1) {
+    const float b2 = t->b2, omb2 = t->omb2;
+    if (t->factored) {
+        const int64_t b = blk / t->K, k = blk % t->K, n = t->n, m = t->m;
+        const float *gb = t->g + b * n * m, *xb = t->x + b * n * m;
+        float *Rb = t->R + b * n, *ca = t->colacc + (size_t)blk * 2 * (size_t)m, *da = ca + m;
+        memset(ca, 0, sizeof(float) * 2 * (size_t)m);
+        double rsum = 0.0, xsum = 0.0;
+        for (int64_t i = n * k / t->K; i < n * (k + 1) / t->K; i++) {
+            const float *gr = gb + i * m, *xr = xb + i * m;
+            float rs = 0.f, xr2 = 0.f;
+#pragma omp simd reduction(+ : rs, xr2)
+            for (int64_t j = 0; j < m; j++) {
+                const float q = gr[j] * gr[j] + eps1;
+                rs += q;
+                ca[j] += q;
+                xr2 += xr[j] * xr[j];
+            }
+            const float ri = b2 * Rb[i] + omb2 * (rs / (float)m);
+            Rb[i] = ri;
+            rsum += ri;
+            xsum += xr2;
+            const float inv = 1.0f / ri;
+#pragma omp simd
+            for (int64_t j = 0; j < m; j++) da[j] += gr[j] * gr[j] * inv;
+        }
+        t->part[2 * blk] = rsum;
+        t->part[2 * blk + 1] = xsum;
+    } else {
+        const int64_t N = t->n * t->m, lo = blk * CHUNK, hi = lo + CHUNK < N ? lo + CHUNK : N;
+        const float *g = t->g, *x = t->x;
+        float *v = t->v;
+        float su = 0.f, x2 = 0.f;
+#pragma omp simd reduction(+ : su, x2)
         for (int64_t k = lo; k < hi; k++) {
             const float vv = b2 * v[k] + omb2 * (g[k] * g[k] + eps1);
             v[k] = vv;
             const float u = g[k] / sqrtf(vv);
-            s += u * u;
+            su += u * u;
             x2 += x[k] * x[k];
         }
-        part[2 * c] = s;
-        part[2 * c + 1] = x2;
+        t->part[2 * blk] = su;
+        t->part[2 * blk + 1] = x2;
     }
+}
+
+/* Between the passes (serial, O(n + m)): C, a, b, RMS(U), RMS(X) and the step scale s. */
+static void finish(tensor *t, const hyper *h, float *rms_out, float *alpha_out) {
     double su = 0.0, xs = 0.0;
-    for (int64_t c = 0; c < nchunks; c++) {
-        su += part[2 * c];
-        xs += part[2 * c + 1];
+    if (t->factored) {
+        const int64_t n = t->n, m = t->m, K = t->K;
+        for (int64_t b = 0; b < t->B; b++) {
+            double rsum = 0.0, dsum = 0.0;
+            for (int64_t k = 0; k < K; k++) {
+                rsum += t->part[2 * (b * K + k)];
+                xs += t->part[2 * (b * K + k) + 1];
+            }
+            float *Cb = t->C + b * m, *Rb = t->R + b * n;
+            const float *acc = t->colacc + (size_t)(b * K) * 2 * (size_t)m;
+            for (int64_t j = 0; j < m; j++) {
+                float cs = 0.f, d = 0.f;
+                for (int64_t k = 0; k < K; k++) {
+                    cs += acc[(size_t)k * 2 * (size_t)m + j];
+                    d += acc[(size_t)k * 2 * (size_t)m + m + j];
+                }
+                const float cj = t->b2 * Cb[j] + t->omb2 * (cs / (float)n);
+                Cb[j] = cj;
+                dsum += (double)d / (double)cj;
+            }
+            const float rmean = (float)(rsum / (double)n);
+            su += (double)rmean * dsum;
+            float *ab = t->a + b * n, *bb = t->bc + b * m;
+            for (int64_t i = 0; i < n; i++) ab[i] = 1.0f / sqrtf(Rb[i] / rmean);
+            for (int64_t j = 0; j < m; j++) bb[j] = 1.0f / sqrtf(Cb[j]);
+        }
+    } else {
+        for (int64_t c = 0; c < t->nblocks; c++) {
+            su += t->part[2 * c];
+            xs += t->part[2 * c + 1];
+        }
     }
-    free(part);
-    const double rms_u = sqrt(su / (double)N);
+    const double numel = (double)(t->B * t->n * t->m);
+    const double rms_u = sqrt(su / numel);
     *rms_out = (float)rms_u;
-    const float s = (float)step_scale(h, rms_u, sqrt(xs / (double)N), alpha_out);
-    const float wdf = (float)h->wdf, b1 = (float)h->beta1, omb1 = (float)(1.0 - h->beta1);
-    /* pass 2: X <- X (1 - lr wd) - s G / sqrt(V) (or its momentum average) */
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (int64_t c = 0; c < nchunks; c++) {
-        const int64_t lo = c * CHUNK, hi = lo + CHUNK < N ? lo + CHUNK : N;
+    t->s = (float)step_scale(h, rms_u, sqrt(xs / numel), alpha_out);
+}
+
+/* Pass 2 over rows [i0, i1) of the B*n rows (factored) or one chunk (full); reads G and X, writes X:
+ * X <- X (1 - lr wd) - update, update = s a_i b_j G_ij (factored) or s G / sqrt(V) (full), or the momentum
+ * average of it when beta1 > 0. */
+static void pass2(const tensor *t, int64_t blk, const hyper *h) {
+    const float s = t->s, wdf = (float)h->wdf, b1 = (float)h->beta1, omb1 = (float)(1.0 - h->beta1);
+    const float *g = t->g;
+    float *x = t->x, *mom = t->mom;
+    if (t->factored) {
+        const int64_t n = t->n, m = t->m, b = blk / n, i = blk % n;
+        const float sa = s * t->a[b * n + i], *bb = t->bc + b * m;
+        const float *gr = g + blk * m;
+        float *xr = x + blk * m;
+        if (mom) {
+            float *mr = mom + blk * m;
+#pragma omp simd
+            for (int64_t j = 0; j < m; j++) {
+                const float v = b1 * mr[j] + omb1 * (sa * bb[j] * gr[j]);
+                mr[j] = v;
+                xr[j] = xr[j] * wdf - v;
+            }
+        } else {
+#pragma omp simd
+            for (int64_t j = 0; j < m; j++) xr[j] = xr[j] * wdf - sa * bb[j] * gr[j];
+        }
+    } else {
+        const int64_t N = t->n * t->m, lo = blk * CHUNK, hi = lo + CHUNK < N ? lo + CHUNK : N;
+        const float *v = t->v;
         if (mom) {
 #pragma omp simd
             for (int64_t k = lo; k < hi; k++) {
@@ -193,17 +215,56 @@ static void full(const int64_t *md, double beta2t, const hyper *h, int nt, float
     }
 }
 
-/* One Adafactor step over k tensors of one parameter group. Large tensors are split across threads; small
- * ones (biases, layer norms) run on the calling thread: waking a thread team costs more than their work,
- * and much more on a loaded machine, where a team waits for its slowest member to be scheduled. */
-void afx_step(int64_t k, const int64_t *meta, const double *beta2t, double eps1, double lr, double eps2,
-              double clip, int scale_parameter, double beta1, double wdf, int nthreads, int64_t small_numel,
-              float *rms_out, float *alpha_out) {
+static int64_t pass2_blocks(const tensor *t) { return t->factored ? t->B * t->n : t->nblocks; }
+
+/* One Adafactor step over k tensors of one parameter group; returns 0, or -1 when out of memory (nothing
+ * written then). Large tensors share two thread-team regions for the whole step (pass 1 of all, then pass 2
+ * of all; `nowait` lets a thread run on to the next tensor): on a loaded machine every region waits for its
+ * slowest thread to be scheduled, so two per step beat two per tensor. Small tensors (biases, layer norms)
+ * run on the calling thread. The blocks, and so the results, are the same either way. */
+int afx_step(int64_t k, const int64_t *meta, const double *beta2t, double eps1, double lr, double eps2,
+             double clip, int scale_parameter, double beta1, double wdf, int nthreads, int64_t small_numel,
+             float *rms_out, float *alpha_out) {
     const hyper h = {eps1, lr, eps2, clip, beta1, wdf, scale_parameter};
-    for (int64_t i = 0; i < k; i++) {
-        const int64_t *md = meta + 9 * i;
-        const int nt = md[1] * md[2] * md[3] < small_numel ? 1 : nthreads;
-        if (md[0]) factored(md, beta2t[i], &h, nt, rms_out + i, alpha_out + i);
-        else full(md, beta2t[i], &h, nt, rms_out + i, alpha_out + i);
+    tensor *ts = (tensor *)calloc((size_t)(k > 0 ? k : 1), sizeof(tensor));
+    int ok = ts != NULL;
+    for (int64_t i = 0; ok && i < k; i++) ok = setup(&ts[i], meta + 9 * i, beta2t[i]);
+    if (!ok) {
+        for (int64_t i = 0; ts && i < k; i++) release(&ts[i]);
+        free(ts);
+        return -1;
     }
+    const float e1 = (float)eps1;
+    int64_t nlarge = 0;
+    for (int64_t i = 0; i < k; i++) {
+        tensor *t = &ts[i];
+        if (t->B * t->n * t->m >= small_numel && nthreads > 1) {
+            nlarge++;
+            continue;
+        }
+        for (int64_t blk = 0; blk < t->nblocks; blk++) pass1(t, blk, e1);
+        finish(t, &h, rms_out + i, alpha_out + i);
+        for (int64_t blk = 0; blk < pass2_blocks(t); blk++) pass2(t, blk, &h);
+    }
+    if (nlarge > 0) {
+#pragma omp parallel num_threads(nthreads)
+        for (int64_t i = 0; i < k; i++) {
+            tensor *t = &ts[i];
+            if (t->B * t->n * t->m < small_numel) continue;
+#pragma omp for schedule(static) nowait
+            for (int64_t blk = 0; blk < t->nblocks; blk++) pass1(t, blk, e1);
+        }
+        for (int64_t i = 0; i < k; i++)
+            if (ts[i].B * ts[i].n * ts[i].m >= small_numel) finish(&ts[i], &h, rms_out + i, alpha_out + i);
+#pragma omp parallel num_threads(nthreads)
+        for (int64_t i = 0; i < k; i++) {
+            tensor *t = &ts[i];
+            if (t->B * t->n * t->m < small_numel) continue;
+#pragma omp for schedule(static) nowait
+            for (int64_t blk = 0; blk < pass2_blocks(t); blk++) pass2(t, blk, &h);
+        }
+    }
+    for (int64_t i = 0; i < k; i++) release(&ts[i]);
+    free(ts);
+    return 0;
 }

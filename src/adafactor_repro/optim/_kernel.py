@@ -81,7 +81,7 @@ def load() -> ctypes.CDLL | None:
             _error = str(e)
             return None
         c_i64, c_dbl, c_ptr = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
-        lib.afx_step.restype = None
+        lib.afx_step.restype = ctypes.c_int
         lib.afx_step.argtypes = [
             c_i64, c_ptr, c_ptr,  # k, meta, beta2t
             c_dbl, c_dbl, c_dbl, c_dbl, ctypes.c_int, c_dbl, c_dbl,  # eps1 lr eps2 clip scale beta1 wdf

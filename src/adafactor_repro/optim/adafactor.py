@@ -222,12 +222,14 @@ class Adafactor(Optimizer):
         b2_t = torch.tensor(beta2ts, dtype=torch.float64)
         out = torch.empty(2, len(params), dtype=torch.float32)
         d = group["clip_threshold"]
-        lib.afx_step(
+        rc = lib.afx_step(
             len(params), meta_t.data_ptr(), b2_t.data_ptr(), group["eps1"], group["lr"], group["eps2"],
             -1.0 if d is None else float(d), int(group["scale_parameter"]), group["beta1"],
             1.0 - group["lr"] * group["weight_decay"], torch.get_num_threads(), _SMALL_NUMEL,
             out[0].data_ptr(), out[1].data_ptr(),
         )  # fmt: skip
+        if rc != 0:
+            raise MemoryError("Adafactor: the fused kernel could not allocate its per-step scratch (parameters unchanged)")
         return out[0], out[1]
 
     @torch.no_grad()
