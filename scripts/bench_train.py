@@ -388,6 +388,12 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|",
         *train_rows,
         "",
+        "Why training is close to parity on a CPU: the matrix multiplies (MKL) are the same in both and take "
+        "most of the time, and attention dropout sends `scaled_dot_product_attention` to its unfused math path "
+        "on CPU (fused kernels with dropout are GPU-only), so the fused attention cannot pay off here; "
+        "`output_mask` saves the padding share (see Checks) of the output layer and the loss. Run-to-run noise "
+        "on this shared CPU is about +-10%.",
+        "",
         loop_overhead_row(args),
         "",
         f"## Beam search: sentences/s, beam {args.beam}, GNMT length penalty 0.6, batches of "
