@@ -174,7 +174,9 @@ def main(argv=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda but torch.cuda.is_available() is False")
     shapes = transformer_base_shapes(args.vocab)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     rows = bench_all(candidates(args), shapes, device, args.steps, args.warmup, args.cpu_steps)
+    load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     cpu_cols = all(r["cpu_ms"] is not None for r in rows.values())
     for name, r in rows.items():
         print(f"{name:36s} {r['ms']:8.2f} ms  {r['bpp']:.4f} B/param", flush=True)
@@ -187,6 +189,9 @@ def main(argv=None):
         "",
         f"Machine: {machine_info(device)}  ",
         f"Command: `{cmd.strip()}`  ",
+        f"1-minute load average before / after: {load_before:.2f} / {load_after:.2f}"
+        + (" (above the core count: other processes competed for the cores, so wall times are noisy)  "
+           if max(load_before, load_after) > (os.cpu_count() or 1) else "  "),
         f"Median of {args.steps} timed steps after {args.warmup} warm-up steps; gradients fixed; the optimizers "
         "step in turn (round-robin, one shared parameter set), so the ratios compare steps made side by side. "
         f"`1-thread CPU`: median over {args.cpu_steps} more round-robin steps with torch on one thread, timed by "
