@@ -145,16 +145,17 @@ static void finish(tensor *t, const hyper *h, float *rms_out, float *alpha_out) 
                 xs += t->part[2 * (b * K + k) + 1];
             }
             float *Cb = t->C + b * m, *Rb = t->R + b * n;
-            const float *acc = t->colacc + (size_t)(b * K) * 2 * (size_t)m;
+            /* add the row groups' column partials into the first group's, in group order (vectorised over j) */
+            float *acc = t->colacc + (size_t)(b * K) * 2 * (size_t)m;
+            for (int64_t k = 1; k < K; k++) {
+                const float *src = acc + (size_t)k * 2 * (size_t)m;
+#pragma omp simd
+                for (int64_t j = 0; j < 2 * m; j++) acc[j] += src[j];
+            }
             for (int64_t j = 0; j < m; j++) {
-                float cs = 0.f, d = 0.f;
-                for (int64_t k = 0; k < K; k++) {
-                    cs += acc[(size_t)k * 2 * (size_t)m + j];
-                    d += acc[(size_t)k * 2 * (size_t)m + m + j];
-                }
-                const float cj = t->b2 * Cb[j] + t->omb2 * (cs / (float)n);
+                const float cj = t->b2 * Cb[j] + t->omb2 * (acc[j] / (float)n);
                 Cb[j] = cj;
-                dsum += (double)d / (double)cj;
+                dsum += (double)acc[m + j] / (double)cj;
             }
             const float rmean = (float)(rsum / (double)n);
             su += (double)rmean * dsum;
