@@ -219,9 +219,10 @@ static void pass2(const tensor *t, int64_t blk, const hyper *h) {
 static int64_t pass2_blocks(const tensor *t) { return t->factored ? t->B * t->n : t->nblocks; }
 
 /* One Adafactor step over k tensors of one parameter group; returns 0, or -1 when out of memory (nothing
- * written then). Large tensors share two thread-team regions for the whole step (pass 1 of all, then pass 2
- * of all; `nowait` lets a thread run on to the next tensor): on a loaded machine every region waits for its
- * slowest thread to be scheduled, so two per step beat two per tensor. Small tensors (biases, layer norms)
+ * written then). Large tensors share one thread-team region for the whole step (pass 1 of all, the
+ * per-tensor finish, pass 2 of all, with two barriers; `nowait` lets a thread run on to the next tensor): on a
+ * loaded machine every region and barrier waits for its slowest thread to be scheduled, so two per step beat
+ * several per tensor. Small tensors (biases, layer norms)
  * run on the calling thread. The blocks, and so the results, are the same either way. */
 int afx_step(int64_t k, const int64_t *meta, const double *beta2t, double eps1, double lr, double eps2,
              double clip, int scale_parameter, double beta1, double wdf, int nthreads, int64_t small_numel,
@@ -249,20 +250,24 @@ int afx_step(int64_t k, const int64_t *meta, const double *beta2t, double eps1, 
     }
     if (nlarge > 0) {
 #pragma omp parallel num_threads(nthreads)
-        for (int64_t i = 0; i < k; i++) {
-            tensor *t = &ts[i];
-            if (t->B * t->n * t->m < small_numel) continue;
+        {
+            for (int64_t i = 0; i < k; i++) {
+                tensor *t = &ts[i];
+                if (t->B * t->n * t->m < small_numel) continue;
 #pragma omp for schedule(static) nowait
-            for (int64_t blk = 0; blk < t->nblocks; blk++) pass1(t, blk, e1);
-        }
-        for (int64_t i = 0; i < k; i++)
-            if (ts[i].B * ts[i].n * ts[i].m >= small_numel) finish(&ts[i], &h, rms_out + i, alpha_out + i);
-#pragma omp parallel num_threads(nthreads)
-        for (int64_t i = 0; i < k; i++) {
-            tensor *t = &ts[i];
-            if (t->B * t->n * t->m < small_numel) continue;
+                for (int64_t blk = 0; blk < t->nblocks; blk++) pass1(t, blk, e1);
+            }
+#pragma omp barrier
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t i = 0; i < k; i++)
+                if (ts[i].B * ts[i].n * ts[i].m >= small_numel) finish(&ts[i], &h, rms_out + i, alpha_out + i);
+            /* implicit barrier: every s is known */
+            for (int64_t i = 0; i < k; i++) {
+                tensor *t = &ts[i];
+                if (t->B * t->n * t->m < small_numel) continue;
 #pragma omp for schedule(static) nowait
-            for (int64_t blk = 0; blk < pass2_blocks(t); blk++) pass2(t, blk, &h);
+                for (int64_t blk = 0; blk < pass2_blocks(t); blk++) pass2(t, blk, &h);
+            }
         }
     }
     for (int64_t i = 0; i < k; i++) release(&ts[i]);
