@@ -3,7 +3,7 @@
 evaluate -> tabulate. `make reproduce` calls this.
 
     python scripts/reproduce.py --scale cpu --data-dir ../shared/data/multi30k
-    python scripts/reproduce.py --scale cpu --sweep core                     # 10 runs
+    python scripts/reproduce.py --scale cpu --sweep core --jobs 2            # 10 runs, two at a time
     python scripts/reproduce.py --experiments afx_adam,afx_adafactor --schedules no_warmup
     python scripts/reproduce.py --scale gpu --launcher slurm                 # the grid as SLURM jobs
 
@@ -18,6 +18,7 @@ import argparse
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -49,11 +50,16 @@ def run_status(run_dir: Path) -> str:
         return "running"
 
 
-def sh(cmd: list[str], dry: bool) -> int:
+def sh(cmd: list[str], dry: bool, log: Path | None = None) -> int:
     print("+", " ".join(cmd), flush=True)
     if dry:
         return 0
-    return subprocess.call(cmd, cwd=ROOT, env={**os.environ, "ADAFACTOR_REPRO_ROOT": str(ROOT)})
+    env = {**os.environ, "ADAFACTOR_REPRO_ROOT": str(ROOT)}
+    if log is None:
+        return subprocess.call(cmd, cwd=ROOT, env=env)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        return subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launcher", default="local", choices=["local", "slurm"])
     ap.add_argument("--runs-dir", type=Path, help="where the run directories go (default runs/<scale>)")
     ap.add_argument("--results-dir", type=Path, help="where tables and plots go (default results/<scale>)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once (local launcher). The cpu scale trains on one thread per run, so on an "
+                         "N-core machine --jobs N uses every core without threads competing for them")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
 
@@ -102,23 +111,34 @@ def main(argv: list[str] | None = None) -> int:
             failed.append("slurm sweep")
     else:
         cells = [(e, s) for e in exps for s in scheds]
+        todo = []
         for k, (exp, sched) in enumerate(cells, 1):
             run_dir = runs_dir / f"{exp}-{sched}"
             status = run_status(run_dir)
             tag = f"[{k}/{len(cells)}] {exp} {sched}"
-            if status in ("completed", "diverged") and (status == "diverged" or (run_dir / "bleu.json").exists()):
+            if status == "diverged" or (status == "completed" and (run_dir / "bleu.json").exists()):
                 print(f"{tag}: {status}, skipped", flush=True)
-                continue
+            else:
+                todo.append((tag, exp, sched, run_dir, status))
+
+        def run_cell(tag: str, exp: str, sched: str, run_dir: Path, status: str) -> str | None:
+            # With several jobs at once each cell's output goes to its own log beside the run directories.
+            log = runs_dir / "logs" / f"{exp}-{sched}.log" if args.jobs > 1 else None
             if status != "completed":
-                print(f"{tag}: {'resuming' if status == 'running' else 'training'}", flush=True)
+                print(f"{tag}: {'resuming' if status == 'running' else 'training'}"
+                      + (f" (log: {log})" if log else ""), flush=True)
                 rc = sh([py, "scripts/train.py", *common, f"experiments={exp}", f"schedule={sched}",
-                         f"run_dir={run_dir}", *extra], args.dry_run)
+                         f"run_dir={run_dir}", *extra], args.dry_run, log)
                 if rc != 0:
-                    failed.append(f"{exp}-{sched} (exit {rc})")
-                    continue
+                    return f"{exp}-{sched} (exit {rc})"
             if not args.dry_run and run_status(run_dir) == "completed" and not (run_dir / "bleu.json").exists():
-                if sh([py, "scripts/evaluate.py", f"run_dir={run_dir}"], args.dry_run) != 0:
-                    failed.append(f"{exp}-{sched} (evaluation)")
+                if sh([py, "scripts/evaluate.py", f"run_dir={run_dir}"], args.dry_run, log) != 0:
+                    return f"{exp}-{sched} (evaluation)"
+            print(f"{tag}: {run_status(run_dir) if not args.dry_run else 'done'}", flush=True)
+            return None
+
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            failed += [f for f in pool.map(lambda c: run_cell(*c), todo) if f]
 
     # 3. tables and plots
     sh([py, "scripts/tabulate.py", "--scale", args.scale, "--runs", str(runs_dir),
