@@ -19,8 +19,10 @@ PATHS = [pytest.param(True, id="fused"), pytest.param(False, id="eager")]
 if not KERNEL:
     PATHS[0] = pytest.param(True, id="fused", marks=pytest.mark.skip(reason=f"no kernel: {_kernel.error()}"))
 
-# 1-D, 2-D, 3-D, below min_dim (3 < 4: never factored) and one large enough for the threaded kernel path.
-SHAPES = [(7,), (6, 5), (3, 4, 6), (3, 8), (260, 150)]
+# 1-D, 2-D, 3-D, below min_dim (3 < 4: never factored) and a larger matrix. All stay below the kernel's
+# threading threshold (2^15 elements) so the grid is cheap on a busy machine; THREADED covers the other path.
+SHAPES = [(7,), (6, 5), (3, 4, 6), (3, 8), (120, 150)]
+THREADED = [(260, 150), (2, 130, 140), (40_000,), (5,)]
 MIN_DIM = 4
 
 
@@ -74,6 +76,28 @@ def test_matches_paper_reference(fused, beta1, beta2, clip, factored, scale):
         factored_state = "exp_avg_sq_row" in opt.state[p]
         assert factored_state == ref.is_factored(p.shape)
         assert ("exp_avg" in opt.state[p]) == (beta1 > 0)
+
+
+@pytest.mark.skipif(not KERNEL, reason="no kernel")
+@pytest.mark.parametrize("beta1,factored", [(0.0, True), (0.9, True), (0.0, False), (0.9, False)])
+def test_threaded_kernel_path_matches_paper_reference(beta1, factored):
+    # Tensors of >= 2^15 elements are split across threads (one team region per step); a small one rides along.
+    kw = dict(lr=0.05, beta1=beta1, factored=factored, min_dim_size_to_factor=MIN_DIM, weight_decay=0.1)
+    params = make_params(shapes=THREADED)
+    ref = ReferenceAdafactor(params, **kw)
+    opt = Adafactor(params, **kw, fused=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the kernel uses torch's thread count
+    try:
+        for gs in grad_sequence(THREADED, 4):
+            for p, gr in zip(params, gs):
+                p.grad = gr.clone()
+            opt.step()
+            ref.step(gs)
+    finally:
+        torch.set_num_threads(before)
+    for p, x in zip(params, ref.x):
+        torch.testing.assert_close(p.detach().double(), x, rtol=2e-5, atol=2e-6)
 
 
 def test_grid_exercises_clipping_and_factoring():
