@@ -23,3 +23,15 @@ def shared_data() -> Path:
     if not p.is_dir():
         pytest.skip("../shared/data not present")
     return p
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tests use tiny models: one intra-op thread is as fast and cannot thrash when the machine is busy
+    (two OpenMP threads on a loaded 2-core machine ran tiny models 10-20x slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
