@@ -10,16 +10,6 @@ from adafactor_repro.evaluate import beam_search, length_penalty, translate
 from adafactor_repro.model import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Transformer, TransformerConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU OpenMP threads that wait
-    on each other make them 10-20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make_model(vocab=40, seed=0, train_steps=60):
     """A tiny model briefly trained to reverse its source: peaked but imperfect distributions, so hypotheses
     have varied lengths and beams disagree (a random tied-embedding model just repeats one token)."""

@@ -7,16 +7,6 @@ import torch.nn.functional as F
 from adafactor_repro.model import BOS_ID, EOS_ID, PAD_ID, Transformer, TransformerConfig, training_flops
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU OpenMP threads that wait
-    on each other make them 10-20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny_cfg(**kw):
     base = dict(vocab_size=50, d_model=32, n_heads=4, ffn_dim=64, encoder_layers=2, decoder_layers=2,
                 dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, pre_norm=True,

@@ -11,16 +11,6 @@ from adafactor_repro.model import BOS_ID, EOS_ID, PAD_ID, Transformer, Transform
 pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a shared, loaded CPU OpenMP threads that wait
-    on each other make them 10-20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def load_bench(repo_root):
     spec = importlib.util.spec_from_file_location("bench_train", repo_root / "scripts" / "bench_train.py")
     mod = importlib.util.module_from_spec(spec)

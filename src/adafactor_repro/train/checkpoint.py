@@ -17,7 +17,6 @@ import random
 import re
 import shutil
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics import FILE_MODE
+from .metrics import atomic_write
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -93,18 +92,7 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
 
 # ----------------------------------------------------------------------------------------- writing
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def _atomic_link(src: Path, dst: Path) -> None:
