@@ -28,7 +28,8 @@ def _fake_run(root, repo_root, exp, sched, *, status, diverged_at=None, bleu=Non
                "valid_nll": 1.8, "valid_ppl": 3.48, "num_parameters": params, "optimizer_state_bytes": state,
                "peak_memory_bytes": 3 * 2**20}
     (d / "summary.json").write_text(json.dumps(summary))
-    lines = [{"split": "train", "update": u, "loss": 5.0 - u / 100, "rms_u_mean": 1.0 + u / 50} for u in (10, 20, 30)]
+    lines = [{"split": "train", "update": u, "loss": 5.0 - u / 100, "optim_rms_u_mean": 1.0 + u / 50,
+              "optim_rms_u_max": 2.0 + u / 50} for u in (10, 20, 30)]
     lines += [{"split": "valid", "update": u, "loss": 4.0 - u / 100} for u in (50, 100)]
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in lines) + "\n{torn")
     if bleu is not None:

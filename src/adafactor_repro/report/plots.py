@@ -15,7 +15,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .runs import Run  # noqa: E402
 from .table import ORDER  # noqa: E402
 
-RMS_KEYS = ("rms_u_mean", "optim/rms_u_mean", "adafactor/rms_u_mean")
 
 
 def _save(fig, path: Path) -> Path:
@@ -64,12 +63,9 @@ def plot_valid_loss(runs: list[Run], path: Path, title: str = "") -> Path | None
     return _save(fig, path)
 
 
-def _rms_series(run: Run) -> tuple[list[int], list[float]]:
-    for k in RMS_KEYS:
-        x, y = run.series(k)
-        if x:
-            return x, y
-    return [], []
+def _rms_series(run: Run, stat: str = "mean") -> tuple[list[int], list[float]]:
+    """RMS(U) before clipping, over tensors, as the training loop logs Adafactor.stats()."""
+    return run.series(f"optim_rms_u_{stat}")
 
 
 def plot_rms_update(runs: list[Run], path: Path, title: str = "") -> Path | None:
@@ -86,10 +82,12 @@ def plot_rms_update(runs: list[Run], path: Path, title: str = "") -> Path | None
     for r in sorted(picks, key=lambda r: r.name):
         clip = r.config["optim"].get("clip_threshold")
         x, y = _rms_series(r)
-        ax.plot(x, y, lw=1.3, label=f"{r.name}: clipping {'off' if clip is None else f'd={clip:g}'}")
+        line, = ax.plot(x, y, lw=1.4, label=f"{r.name}: clipping {'off' if clip is None else f'd={clip:g}'} (mean)")
+        xm, ym = _rms_series(r, "max")
+        ax.plot(xm, ym, lw=0.8, ls=":", color=line.get_color(), label=f"{r.name} (max over tensors)")
     ax.axhline(1.0, color="k", lw=0.8, ls="--")
     ax.set_xlabel("update")
-    ax.set_ylabel("RMS(U) before clipping (mean over tensors)")
+    ax.set_ylabel("RMS(U) before clipping")
     ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
