@@ -65,6 +65,9 @@ def test_table_rows_including_a_diverged_run(tmp_path, repo_root):
     assert diverged["status"] == "diverged" and diverged["diverged at"] == "42"
     assert diverged["BLEU valid (val)"] == "-"
     assert "unstable" in diverged["paper's finding"]
+    # the baseline is afx_adam with warmup on the first scored split (valid here)
+    delta = "Δ vs afx_adam (valid (val))"
+    assert (adam[delta], diverged[delta], afx[delta]) == ("+0.00", "-", "-1.50")
     assert afx["factored"] == "yes" and afx["beta2"] == "1-t^-0.8"
 
 
@@ -100,3 +103,13 @@ def test_tabulate_without_runs_says_what_to_do(tmp_path, repo_root, capsys):
     spec.loader.exec_module(tab)
     assert tab.main(["--runs", str(tmp_path / "nothing")]) == 1
     assert "make reproduce" in capsys.readouterr().err
+
+
+def test_a_split_nobody_scored_gets_no_column(tmp_path, repo_root):
+    runs_root = tmp_path / "runs"
+    d = _fake_run(runs_root, repo_root, "afx_adam", "warmup", status="completed", bleu=30.0)
+    scores = json.loads((d / "bleu.json").read_text())
+    (d / "bleu.json").write_text(json.dumps({"test": scores["test"]}))  # the cpu scale scores test only
+    (row,) = build_rows(find_runs(runs_root))
+    assert not any("valid" in c and "BLEU" in c for c in row)
+    assert row["BLEU test (test_2016_flickr)"] == "29.00" and row["Δ vs afx_adam (test (test_2016_flickr))"] == "+0.00"

@@ -124,7 +124,30 @@ def build_rows(runs: list[Run]) -> list[dict[str, str]]:
             "paper's finding": paper_finding(r.name, r.warmup),
         })
         rows.append(row)
-    return rows
+    return _with_delta_vs_adam(_drop_empty_bleu_columns(rows))
+
+
+def _drop_empty_bleu_columns(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """A split nobody scored (the cpu scale scores test2016 only) would be a column of dashes."""
+    empty = [c for c in (rows[0] if rows else {}) if "BLEU" in c and all(r[c] == "-" for r in rows)]
+    return [{k: v for k, v in r.items() if k not in empty} for r in rows]
+
+
+def _with_delta_vs_adam(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """BLEU minus the Adam baseline's (afx_adam with warmup), on the first scored split: valid (newstest2013,
+    the paper's table) at the gpu scale, test2016 at the cpu scale."""
+    cols = [c for c in (rows[0] if rows else {}) if c.startswith("BLEU ")]
+    base = next((r for r in rows if r["experiment"] == "afx_adam" and r["warmup"] == "yes"), None)
+    if not cols or base is None or base[cols[0]] == "-":
+        return rows
+    col, ref = cols[0], float(base[cols[0]])
+    out = []
+    for r in rows:
+        delta = "-" if r[col] == "-" else f"{float(r[col]) - ref:+.2f}"
+        items = list(r.items())
+        i = [k for k, _ in items].index(col) + 1
+        out.append(dict(items[:i] + [(f"Δ vs afx_adam ({col.split(' ', 1)[1]})", delta)] + items[i:]))
+    return out
 
 
 def to_markdown(rows: list[dict[str, str]]) -> str:
