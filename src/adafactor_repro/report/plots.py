@@ -97,9 +97,10 @@ def plot_rms_update(runs: list[Run], path: Path, title: str = "") -> Path | None
 
 def plot_optimizer_memory(runs: list[Run], path: Path, title: str = "") -> Path | None:
     best: dict[str, Run] = {}
-    for r in runs:
-        if r.summary.get("optimizer_state_bytes") is not None:
-            best.setdefault(r.name, r)
+    for r in runs:  # one bar per configuration; a run that has not stepped yet reports no state
+        state = r.summary.get("optimizer_state_bytes") or 0
+        if state and (r.name not in best or state > best[r.name].summary["optimizer_state_bytes"]):
+            best[r.name] = r
     if not best:
         return None
     names = _sorted_names(list(best.values()))
