@@ -84,8 +84,9 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path):
     out = tmp_path / "ddp.pt"
-    # fork: the children inherit the imported modules (spawn would re-import torch in each, ~5 s)
-    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=2, join=True, start_method="fork")
+    # spawn, not fork: a fork of a pytest process that already ran OpenMP and multiprocessing pools can
+    # deadlock in the child (seen once in the full suite); spawn costs a few seconds of re-imports
+    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=2, join=True, start_method="spawn")
     ddp = torch.load(out, weights_only=True)
 
     torch.set_num_threads(1)
