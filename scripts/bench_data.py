@@ -37,6 +37,7 @@ from adafactor_repro.data.binarize import encode_split, init_worker  # noqa: E40
 from adafactor_repro.data.build import write_spm_sample  # noqa: E402
 from adafactor_repro.data.sources import read_text_blocks, read_text_pair  # noqa: E402
 from adafactor_repro.data.tokenizer import train_spm  # noqa: E402
+from adafactor_repro.machine import cpu_name  # noqa: E402
 
 WMT14_TRAIN_PAIRS = 4_508_785  # the hub's wmt/wmt14 de-en train split
 WMT_NEWS = ["dev-extra/newstest2008", "dev-extra/newstest2009", "dev-extra/newstest2010",
@@ -49,11 +50,7 @@ def cores() -> int:
 
 
 def machine() -> str:
-    cpu = "unknown cpu"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return (f"{platform.node()}: {cpu}, {cores()} cores available, {mem:.0f} GiB RAM, {platform.platform()}; "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,6 +27,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 import torch  # noqa: E402
 
+from adafactor_repro.machine import cpu_name  # noqa: E402
 from adafactor_repro.optim import Adafactor, optimizer_state_bytes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,15 +143,7 @@ def bench_all(makers: dict, shapes, device, steps: int, warmup: int, cpu_steps: 
 
 
 def machine_info(device) -> str:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    info = f"{cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
     if device.type == "cuda":
         info += f", GPU {torch.cuda.get_device_name(device)}"
     return info

@@ -40,6 +40,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from adafactor_repro.evaluate import beam_search  # noqa: E402
+from adafactor_repro.machine import cpu_name  # noqa: E402
 from adafactor_repro.model import BOS_ID, EOS_ID, PAD_ID, Transformer, TransformerConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,16 +301,6 @@ def loop_overhead_row(args) -> str:
         return ("- Loop overhead: not measured yet (adafactor_repro.train has no `bench_loop_overhead`; "
                 "the loop's owner adds it and this row calls it).")
     return fn(args)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv=None) -> int:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from adafactor_repro.machine import cpu_name
 from adafactor_repro.report import build_rows, find_runs, write_table
 from adafactor_repro.report.plots import plot_optimizer_memory, plot_rms_update, plot_valid_loss
 
@@ -23,15 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
 
 
 def git_commit() -> str:
