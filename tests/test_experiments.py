@@ -35,8 +35,11 @@ def _compose(repo_root, overrides):
 
 
 def test_every_experiment_file_is_pinned(repo_root):
+    from adafactor_repro.report.table2 import ROWS
+
     files = {p.stem for p in (repo_root / "experiments").glob("*.yaml")}
-    assert files == set(EXPECTED), "add the new experiment to EXPECTED (and to configs/sweep/paper.yaml)"
+    table2 = {f"table2_{r}" for r in ROWS} | {"table2_base"}  # pinned in test_table2.py
+    assert files == set(EXPECTED) | table2, "add the new experiment to EXPECTED (and to configs/sweep/paper.yaml)"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -64,10 +67,12 @@ def test_experiment_resolves_to_paper_settings(repo_root, name, schedule):
 
 
 def test_cpu_scale_maps_the_schedule_onto_the_paper_run(repo_root):
-    cfg = _compose(repo_root, ["experiments=afx_adafactor"])
-    assert cfg.scale_name == "cpu" and cfg.data.name == "multi30k" and cfg.model.d_model == 256
-    # time_scale x max_update = the paper's 100k updates, so the lr at each fraction of training is the paper's
-    assert cfg.schedule.time_scale * cfg.trainer.max_update == 100_000
+    from hydra.utils import instantiate
+
+    cfg = _compose(repo_root, ["experiments=table2_O"])
+    assert cfg.scale_name == "cpu" and cfg.data.name == "multi30k" and cfg.model.d_model == 128
+    # the last update is the paper's update 100k, so the run ends at the paper's final lr
+    assert instantiate(cfg.schedule).paper_time(cfg.trainer.max_update) == 100_000
 
 
 def test_run_dir_names_experiment_and_schedule(repo_root):
@@ -75,7 +80,7 @@ def test_run_dir_names_experiment_and_schedule(repo_root):
 
     cfg = _compose(repo_root, ["experiments=afx_clip", "schedule=no_warmup"])
     HydraConfig.instance().set_config(cfg)
-    assert cfg.run_dir == "runs/cpu/afx_clip-no_warmup"
+    assert cfg.run_dir == "runs/cpu/afx_clip-no_warmup-s1"
 
 
 @pytest.mark.parametrize("sweep", ["paper", "core"])

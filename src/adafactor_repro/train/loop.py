@@ -240,6 +240,14 @@ class Trainer:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         model.train()
         self.model = model
+        # Figure 1 of the paper: RMS(U) of chosen weight matrices, logged with the other optimizer statistics.
+        wanted = list(cfg.logger.get("track_rms_u") or [])
+        named = dict(self.raw_model.named_parameters())
+        unknown = [n for n in wanted if n not in named]
+        if unknown:
+            raise ValueError(f"logger.track_rms_u: no parameter named {unknown}; the model's are e.g. "
+                             f"{list(named)[:4]}")
+        self.tracked = {n: named[n] for n in wanted}
         self.autocast_dtype = _autocast_dtype(t.get("precision", "auto"), device)
         self.peak = peak_flops(device, t.get("peak_flops"))
         self.schedule_choice = _hydra_choice(cfg, "schedule")
@@ -315,7 +323,7 @@ class Trainer:
         w.flops += flops
         if st.num_updates % int(t.log_interval) == 0 or st.num_updates == int(t.max_update):
             _log_train(self.logger, self.optimizer, self.scheduler, w, st.num_updates, st.epoch, c, self.device,
-                       self.peak, self.main)
+                       self.peak, self.main, self.tracked)
         return True
 
     def validate(self) -> dict:
@@ -474,12 +482,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         D.cleanup()  # the process group goes with the run, a crash included
 
 
-def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main):
+def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main, tracked=None):
     """One record per log_interval; the only place device scalars are read back (one sync)."""
     n = max(win.updates, 1)
     stats = {}
     if hasattr(optimizer, "stats"):
         st = optimizer.stats()
+        for name, p in (tracked or {}).items():
+            v = optimizer.rms_u(p) if hasattr(optimizer, "rms_u") else None
+            if v is not None:
+                st[f"rms_u/{name}"] = v
         keys = list(st)
         vals = torch.stack([st[k].float().to(device) for k in keys]).tolist() if keys else []
         stats = {f"optim_{k}": v for k, v in zip(keys, vals)}
