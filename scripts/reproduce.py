@@ -2,14 +2,16 @@
 """The paper's optimizer comparison end to end: data -> sentencepiece -> train each experiment ->
 evaluate -> tabulate. `make reproduce` calls this.
 
-    python scripts/reproduce.py --scale cpu --data-dir ../shared/data/multi30k
-    python scripts/reproduce.py --scale cpu --sweep core --jobs 2            # 10 runs, two at a time
-    python scripts/reproduce.py --experiments afx_adam,afx_adafactor --schedules no_warmup
+    python scripts/reproduce.py --scale cpu --data-dir ../shared/data/multi30k   # Table 2, 3 seeds per cell
+    python scripts/reproduce.py --scale cpu --sweep table2_core --jobs 2     # 10 runs, two at a time
+    python scripts/reproduce.py --experiments table2_A,table2_O --schedules no_warmup --seeds 1
     python scripts/reproduce.py --scale gpu --launcher slurm                 # the grid as SLURM jobs
 
-Each cell runs in its own process, so one crash cannot take the sweep down. A rerun skips finished runs
-(completed or diverged) and resumes interrupted ones from their checkpoint_last.pt. Extra Hydra overrides
-after `--` go to every training run (e.g. `-- trainer.max_update=200`).
+Each cell (experiment, schedule, seed) runs in its own process, so one crash cannot take the sweep down, and
+seed 1 of every cell runs before any seed 2. A finished run's small files are published to
+results/<scale>/runs/<cell>/ (committed); a rerun skips cells finished there or in runs/<scale>/ and resumes
+interrupted ones from their checkpoint_last.pt. Extra Hydra overrides after `--` go to every training run
+(e.g. `-- trainer.max_update=200`).
 """
 
 from __future__ import annotations
