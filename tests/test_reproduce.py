@@ -38,7 +38,8 @@ def test_two_experiment_cpu_sweep_end_to_end(tmp_path, repo_root):
     corpus = write_corpus(tmp_path / "corpus")
     runs, results = tmp_path / "runs", tmp_path / "results"
     cmd = [sys.executable, str(repo_root / "scripts" / "reproduce.py"), "--scale", "cpu",
-           "--experiments", "afx_adam,afx_adafactor", "--schedules", "no_warmup", "--data-dir", str(corpus),
+           "--experiments", "afx_adam,afx_adafactor", "--schedules", "no_warmup", "--seeds", "1",
+           "--data-dir", str(corpus),
            "--runs-dir", str(runs), "--results-dir", str(results), "--jobs", "2",
            "--", f"data.root={tmp_path / 'data'}", *TINY]
     env = {**os.environ, "WANDB_MODE": "disabled"}

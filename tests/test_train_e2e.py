@@ -54,7 +54,7 @@ def make_cfg(tmp: Path, *overrides: str, run: str = "run"):
             "trainer.max_update=30", "trainer.log_interval=5", "trainer.val_interval=10",
             "trainer.save_interval=10", "trainer.num_threads=1", "logger.mode=disabled",
             "eval.beam=2", "eval.max_len_b=10", "eval.splits=[valid,test]", "schedule.warmup_updates=10",
-            "schedule.time_scale=1.0", "optim.lr=1.0",
+            "schedule.time_scale=1.0", "schedule.warmup_time_scale=null", "optim.lr=1.0",
             f"run_dir={tmp / run}", *overrides,
         ])
     HydraConfig.instance().set_config(cfg)  # as @hydra.main does: ${hydra:...} and the choices resolve
