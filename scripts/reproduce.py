@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """The paper's optimizer comparison end to end: data -> sentencepiece -> train each experiment ->
-evaluate -> tabulate. `make reproduce` calls this.
+evaluate -> tables and plots (scripts/make_report.py). `make reproduce` calls this.
 
     python scripts/reproduce.py --scale cpu --data-dir ../shared/data/multi30k   # Table 2, 3 seeds per cell
     python scripts/reproduce.py --scale cpu --sweep table2_core --jobs 2     # 10 runs, two at a time
@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from adafactor_repro.files import run_status
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "configs" / "sweep"
 
@@ -43,19 +45,6 @@ def sweep_cells(sweep: str) -> tuple[list[str], list[str], list[int]]:
 def cell_name(exp: str, sched: str, seed: int) -> str:
     """The run directory's name (configs/train.yaml run_dir): <experiment>-<schedule>-s<seed>."""
     return f"{exp}-{sched}-s{seed}"
-
-
-def run_status(run_dir: Path) -> str:
-    """missing | running (interrupted or in progress) | completed | diverged, from summary.json."""
-    import json
-
-    p = run_dir / "summary.json"
-    if not p.exists():
-        return "missing"
-    try:
-        return json.loads(p.read_text()).get("status", "running")
-    except json.JSONDecodeError:
-        return "running"
 
 
 def finished(run_dir: Path) -> str | None:
@@ -116,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--experiments", help="comma-separated subset of the sweep's experiments")
     ap.add_argument("--schedules", help="comma-separated subset of warmup,no_warmup")
     ap.add_argument("--seeds", help="comma-separated subset of the sweep's seeds (trainer.seed)")
-    ap.add_argument("--data-dir", help="local copy of the corpus (data.local_dir)")
+    ap.add_argument("--data-dir", help="local copy of the corpus (data.local_dir); default: the data config's "
+                                       "embedded copy (Multi30k ships in corpora/), else the hub")
     ap.add_argument("--launcher", default="local", choices=["local", "slurm"])
     ap.add_argument("--runs-dir", type=Path, help="where the run directories go (default runs/<scale>)")
     ap.add_argument("--results-dir", type=Path, help="where tables and plots go (default results/<scale>)")
@@ -196,12 +186,21 @@ def main(argv: list[str] | None = None) -> int:
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             failed += [f for f in pool.map(lambda c: run_cell(*c), todo) if f]
+        # A cell is done when it completed (with its BLEU) or diverged; one stopped by a signal exits
+        # with its summary still "running" and must not pass for done.
+        if not args.dry_run:
+            listed = {f.split(" ")[0] for f in failed}
+            for *_, run_dir, _ in todo:
+                status = run_status(run_dir)
+                if run_dir.name not in listed and status not in ("completed", "diverged"):
+                    failed.append(f"{run_dir.name} (status {status})")
 
     # 3. tables and plots, from the published copies (what is committed is what the table shows)
-    sh([py, "scripts/tabulate.py", "--scale", args.scale, "--runs", str(published if args.launcher == "local" else runs_dir),
-        "--out", str(results_dir)], args.dry_run)
+    sh([py, "scripts/make_report.py", "--scale", args.scale,
+        "--runs", str(published if args.launcher == "local" else runs_dir), "--out", str(results_dir)], args.dry_run)
     if failed:
-        print("runs that failed (rerun `make reproduce` to retry them): " + ", ".join(failed), file=sys.stderr)
+        print(f"{len(failed)} run(s) neither completed nor diverged (rerun `make reproduce` to resume them): "
+              + ", ".join(failed), file=sys.stderr)
         return 1
     return 0
 

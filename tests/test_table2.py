@@ -196,9 +196,9 @@ def test_rms_u_of_one_matrix_is_the_references(fused, factored):
     """Adafactor.rms_u(p), the quantity of Figure 1, equals the float64 reference's RMS(U) before clipping,
     on the C kernel (fused=None on fp32 CPU) and the eager path, for every parameter, after several steps."""
     import torch
+    from optim_reference import ReferenceAdafactor
 
     from adafactor_repro.optim import Adafactor
-    from optim_reference import ReferenceAdafactor
 
     torch.manual_seed(0)
     params = [torch.randn(160, 130), torch.randn(7), torch.randn(3, 140, 128)]

@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from ..files import read_json
+
 
 @dataclass
 class Run:
@@ -40,15 +42,6 @@ class Run:
         return xs, ys
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); delete it or rerun the run that writes it") from e
-
-
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -74,8 +67,8 @@ def load_run(path: str | Path) -> Run:
     return Run(
         path=path,
         config=config,
-        summary=_read_json(path / "summary.json"),
-        bleu=_read_json(path / "bleu.json"),
+        summary=read_json(path / "summary.json", {}, strict=True),
+        bleu=read_json(path / "bleu.json", {}, strict=True),
         metrics=_read_jsonl(path / "metrics.jsonl"),
     )
 

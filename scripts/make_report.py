@@ -2,40 +2,24 @@
 """Rebuild results/<scale>/ from run directories: table2.{md,csv} (the paper's Table 2 cell by cell, seeds
 aggregated, the paper's BLEU beside ours), runs.{md,csv} (every run), and the plots.
 
-    python scripts/tabulate.py --scale cpu                       # reads results/cpu/runs (the committed runs)
-    python scripts/tabulate.py --runs runs/cpu --out /tmp/table  # any folder of run directories
+    python scripts/make_report.py --scale cpu                       # reads results/cpu/runs (the committed runs)
+    python scripts/make_report.py --runs runs/cpu --out /tmp/table  # any folder of run directories
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from adafactor_repro.machine import cpu_name
-from adafactor_repro.report import build_rows, find_runs, write_table
-from adafactor_repro.report import table2
+from adafactor_repro.files import atomic_write_text
+from adafactor_repro.machine import git_commit, machine_header
+from adafactor_repro.report import build_rows, find_runs, table2, write_table
 from adafactor_repro.report.plots import plot_figure1, plot_optimizer_memory, plot_valid_loss
-from adafactor_repro.report.table import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     devices = sorted({str(r.summary.get("device")) for r in runs if r.summary.get("device")})
     where = runs_root.relative_to(ROOT) if runs_root.is_relative_to(ROOT) else runs_root
     common = [
-        f"- command: `{' '.join(shlex.quote(a) for a in ['python', 'scripts/tabulate.py', *(argv or sys.argv[1:])])}`"
+        f"- command: `{' '.join(shlex.quote(a) for a in ['python', 'scripts/make_report.py', *(argv or sys.argv[1:])])}`"
         f" over {len(runs)} run directories in `{where}`",
-        f"- commit: {git_commit()}; tabulated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine()}" + (f"; runs on: {', '.join(devices)}" if devices else ""),
+        f"- commit: {git_commit(short=True) or 'unknown'}; tabulated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine_header()}" + (f"; runs on: {', '.join(devices)}" if devices else ""),
         *([f"- note: {args.note}"] if args.note else []),
     ]
     summary = table2.summarize(runs)
