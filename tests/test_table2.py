@@ -216,10 +216,12 @@ def test_rms_u_of_one_matrix_is_the_references(fused, factored):
     assert opt.rms_u(torch.nn.Parameter(torch.zeros(2))) is None  # not one of its parameters
 
 
-def test_the_loop_logs_rms_u_of_the_tracked_matrices(tmp_path):
-    from test_train_e2e import make_cfg, records, train
+def test_the_loop_logs_rms_u_of_the_tracked_matrices(tmp_path, make_cfg):
+    from test_train_e2e import records
 
-    cfg = make_cfg(tmp_path, "experiments=table2_A", "trainer.max_update=10", "trainer.bleu_at_end=false",
+    from adafactor_repro.train import train
+
+    cfg = make_cfg("experiments=table2_A", "trainer.max_update=10", "trainer.bleu_at_end=false",
                    "logger.track_rms_u=[encoder.0.ffn.fc1.weight,embed_tokens.weight]")
     train(cfg)
     recs = records(tmp_path / "run")
@@ -228,4 +230,4 @@ def test_the_loop_logs_rms_u_of_the_tracked_matrices(tmp_path):
         for name in ("encoder.0.ffn.fc1.weight", "embed_tokens.weight"):
             assert 0 < r[f"optim_rms_u/{name}"] < 100
     with pytest.raises(ValueError, match="logger.track_rms_u: no parameter named"):
-        train(make_cfg(tmp_path, "experiments=table2_A", "logger.track_rms_u=[no.such.weight]", run="bad"))
+        train(make_cfg("experiments=table2_A", "logger.track_rms_u=[no.such.weight]", run="bad"))
