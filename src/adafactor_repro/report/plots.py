@@ -99,7 +99,7 @@ def plot_figure1(runs: list[Run], path: Path, matrix: str = FIGURE1_MATRIX, rows
         ax.set_xlabel("update")
         ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-        if ax.lines:
+        if len(ax.lines) > 1:  # the d = 1 reference line alone gets no legend
             ax.legend(fontsize=8)
     axes[0].set_ylabel("RMS of the unclipped update U")
     ax = axes[2]
