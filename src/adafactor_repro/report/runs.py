@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from ..files import read_json
+from ..files import SUMMARY, read_json
 
 
 @dataclass
@@ -27,10 +27,6 @@ class Run:
     @property
     def warmup(self) -> bool:
         return bool(self.config.get("schedule", {}).get("linear_warmup", True))
-
-    @property
-    def schedule(self) -> str:
-        return str(self.summary.get("schedule") or ("warmup" if self.warmup else "no_warmup"))
 
     def series(self, key: str, split: str = "train") -> tuple[list[int], list[float]]:
         """(updates, values) of one logged quantity; entries without it are skipped."""
@@ -67,7 +63,7 @@ def load_run(path: str | Path) -> Run:
     return Run(
         path=path,
         config=config,
-        summary=read_json(path / "summary.json", {}, strict=True),
+        summary=read_json(path / SUMMARY, {}, strict=True),
         bleu=read_json(path / "bleu.json", {}, strict=True),
         metrics=_read_jsonl(path / "metrics.jsonl"),
     )

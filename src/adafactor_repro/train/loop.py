@@ -404,7 +404,7 @@ class Trainer:
         if n % t.val_interval == 0 or n == t.max_update:
             improved = self.validate()["improved"]
         if t.bleu_interval > 0 and n % t.bleu_interval == 0 and self.main:
-            b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.eval_cfg, None, self.device,
+            b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.eval_cfg, None,
                               max_sentences=self.eval_cfg.max_sentences)
             self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
                              "bleu_sentences": b["valid"]["sentences"]})
@@ -512,7 +512,7 @@ class Trainer:
         extra = {"nonfinite_total": st.counters["nonfinite_total"]}
         if self.main and self.t.bleu_at_end:
             bleu = evaluate_bleu(self.raw_model, self.tok, self.data_dir, self.eval_cfg.splits, self.eval_cfg,
-                                 self.run_dir, self.device, max_sentences=None,
+                                 self.run_dir, max_sentences=None,
                                  extra={"checkpoint": "checkpoint_last.pt", "update": st.num_updates})
             extra["bleu"] = {k: v.get("bleu") for k, v in bleu.items()}
             self.logger.log({"split": "test", "update": st.num_updates,
