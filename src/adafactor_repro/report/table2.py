@@ -82,7 +82,8 @@ def build_cells(runs: list[Run], split: str) -> list[Cell]:
         row = r.config.get("paper_row")
         if row not in ROWS:
             continue
-        c = cells.setdefault((row, r.schedule), Cell(row, r.schedule))
+        sched = "warmup" if r.warmup else "no_warmup"
+        c = cells.setdefault((row, sched), Cell(row, sched))
         b = run_bleu(r, split)
         if b is not None:
             c.runs.append(r)
