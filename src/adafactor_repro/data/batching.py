@@ -152,7 +152,12 @@ class TokenBatchSampler:
 
 
 def collate(samples, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3) -> dict:
-    """`src_tokens` = ids + eos, `prev_output_tokens` = bos + ids, `target` = ids + eos; right-padded."""
+    """`src_tokens` = ids + eos, `prev_output_tokens` = bos + ids, `target` = ids + eos; right-padded.
+
+    The non-pad target positions are known here, on the host, so they travel with the batch: `target_index`
+    holds their flat (row-major) positions in `target` and `target_tokens` their ids, in that order. The
+    model gathers its output rows with `index_select` on them, where a boolean mask (`h[target != pad]`)
+    would make the device report the count back to the host at every micro-batch."""
     import torch  # here, not at module level: building data (prepare, its workers) never needs torch
 
     if not samples:
@@ -172,10 +177,13 @@ def collate(samples, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3) -> dict:
         prev[i, 1:len(t) + 1] = t
         tgt[i, :len(t)] = t
         tgt[i, len(t)] = eos_id
+    target_index = np.flatnonzero(tgt.reshape(-1) != pad_id)
     return {
         "src_tokens": torch.from_numpy(src),
         "prev_output_tokens": torch.from_numpy(prev),
         "target": torch.from_numpy(tgt),
+        "target_index": torch.from_numpy(target_index),
+        "target_tokens": torch.from_numpy(tgt.reshape(-1)[target_index]),
         "ntokens": int(sum(len(t) + 1 for t in tgts)),
         "nsentences": n,
     }

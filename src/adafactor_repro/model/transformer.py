@@ -265,11 +265,16 @@ class Transformer(nn.Module):
             x, _ = layer(x, layer.cross_attn.project_kv(encoder_out.out), src_mask)
         return self.decoder_ln(x)
 
-    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, output_mask: Tensor | None = None) -> Tensor:
-        """Teacher-forced training pass: logits [B, T, V] for every target position, or, given a bool
-        ``output_mask`` [B, T] (e.g. ``target != pad``), logits [n, V] of the selected positions only (in
-        row-major order, matching ``target[output_mask]``): the output layer and the loss then skip padding."""
+    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, output_mask: Tensor | None = None,
+                output_index: Tensor | None = None) -> Tensor:
+        """Teacher-forced training pass: logits [B, T, V] for every target position, or logits [n, V] of
+        the selected positions only, so that the output layer and the loss skip padding. Select them with
+        ``output_index`` [n] (flat row-major positions in [B*T], as ``collate``'s ``target_index``: a gather
+        whose size the host already knows) or a bool ``output_mask`` [B, T] (``h[mask]``: the device must
+        report how many rows it selected, a host sync). Both give the rows in row-major order."""
         h = self.decode(prev_output_tokens, self.encode(src_tokens))
+        if output_index is not None:
+            return self.output_projection(h.reshape(-1, h.size(-1)).index_select(0, output_index))
         return self.output_projection(h if output_mask is None else h[output_mask])
 
     # ---- incremental decoding -----------------------------------------------------------------------
