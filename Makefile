@@ -16,8 +16,9 @@ DATA        ?=
 DATA_DIR    ?=
 EXPERIMENTS ?=
 LAUNCHER    ?=
-# runs at once: one per core at the cpu scale (each trains on one thread), one at a time on a GPU
-JOBS        ?= $(if $(filter cpu,$(SCALE)),$(shell nproc 2>/dev/null || echo 1),1)
+# runs at once: one per core at the cpu scale (each trains on one thread); empty = one per visible GPU
+# (reproduce.py gives each its own CUDA_VISIBLE_DEVICES)
+JOBS        ?= $(if $(filter cpu,$(SCALE)),$(shell nproc 2>/dev/null || echo 1),)
 ARGS        ?=
 
 help: ## List the targets and their knobs
@@ -25,7 +26,7 @@ help: ## List the targets and their knobs
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 	@echo
 	@echo "Knobs: SCALE=cpu|gpu (auto: $(SCALE))  DATA=wmt14|multi30k  DATA_DIR=<local copy>"
-	@echo "       EXPERIMENTS=afx_adam,afx_adafactor  LAUNCHER=slurm  JOBS=$(JOBS)  ARGS='<extra arguments>'"
+	@echo "       EXPERIMENTS=afx_adam,afx_adafactor  LAUNCHER=slurm  JOBS=$(or $(JOBS),<one per GPU>)  ARGS='<extra arguments>'"
 	@echo "       VENV=$(VENV)  TORCH=$(TORCH)"
 
 $(STAMP): pyproject.toml
@@ -56,7 +57,7 @@ evaluate: $(STAMP) ## BLEU of a run: make evaluate ARGS='run_dir=runs/cpu/afx_ad
 
 reproduce: $(STAMP) ## The paper's optimizer comparison at SCALE, then the tables and plots
 	$(PY) scripts/reproduce.py --scale $(SCALE) $(if $(DATA_DIR),--data-dir $(abspath $(DATA_DIR))) \
-		$(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) --jobs $(JOBS) $(ARGS)
+		$(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 
 tabulate: $(STAMP) ## Rebuild results/<scale>/ tables and plots from the run directories
 	$(PY) scripts/tabulate.py --scale $(SCALE) $(ARGS)
