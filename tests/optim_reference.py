@@ -1,5 +1,6 @@
 """A plain float64 Adafactor written line by line from the paper's Algorithms 4 and 5 (Shazeer & Stern 2018)
-with the semantics of issue 2; used only by the tests to pin adafactor_repro.optim.Adafactor."""
+and the row-only / column-only estimators of the end of its Section 3; used only by the tests to pin
+adafactor_repro.optim.Adafactor."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ class ReferenceAdafactor:
         self.alpha: list[float] = []
 
     def is_factored(self, shape) -> bool:
-        return self.factored and len(shape) >= 2 and shape[-1] >= self.k and shape[-2] >= self.k
+        return self.factored is not False and len(shape) >= 2 and shape[-1] >= self.k and shape[-2] >= self.k
 
     def step(self, grads):
         self.t += 1
@@ -35,7 +36,13 @@ class ReferenceAdafactor:
             g = g.double()
             s = self.state[i]
             g2 = g * g + self.eps1
-            if self.is_factored(x.shape):  # Algorithm 4
+            if self.is_factored(x.shape) and self.factored == "row":  # Section 3: V-hat_ij = R_i
+                s["R"] = b2 * s.get("R", 0.0) + (1 - b2) * g2.mean(-1)
+                v_hat = s["R"].unsqueeze(-1).expand_as(g)
+            elif self.is_factored(x.shape) and self.factored == "col":  # Section 3: V-hat_ij = C_j
+                s["C"] = b2 * s.get("C", 0.0) + (1 - b2) * g2.mean(-2)
+                v_hat = s["C"].unsqueeze(-2).expand_as(g)
+            elif self.is_factored(x.shape):  # Algorithm 4
                 s["R"] = b2 * s.get("R", 0.0) + (1 - b2) * g2.mean(-1)
                 s["C"] = b2 * s.get("C", 0.0) + (1 - b2) * g2.mean(-2)
                 v_hat = s["R"].unsqueeze(-1) * s["C"].unsqueeze(-2) / s["R"].mean(-1)[..., None, None]

@@ -44,7 +44,12 @@ def run(opt, params, grads):
         opt.step()
 
 
-GRID = list(itertools.product([0.0, 0.9], [None, 0.999], [1.0, None], [True, False], [True, False]))
+# factored: Algorithm 4, Algorithm 5, and the row-only / column-only estimators (paper Section 3, Table 2 D, E).
+FACTORED = [True, False, "row", "col"]
+GRID = list(itertools.product([0.0, 0.9], [None, 0.999], [1.0, None], FACTORED, [True, False]))
+# State keys of an eligible tensor (rank >= 2, both last dims >= min_dim) per switch; others keep exp_avg_sq.
+STATE_KEYS = {True: {"exp_avg_sq_row", "exp_avg_sq_col"}, False: {"exp_avg_sq"}, "row": {"exp_avg_sq_row"},
+              "col": {"exp_avg_sq_col"}}  # fmt: skip
 
 
 @pytest.mark.parametrize("fused", PATHS)
@@ -73,13 +78,14 @@ def test_matches_paper_reference(fused, beta1, beta2, clip, factored, scale):
         hi = 0 if clip is None else sum(r > clip * (1 - 1e-5) for r in ref.rms_u)
         assert lo / n - 1e-6 <= st["clip_fraction"].item() <= hi / n + 1e-6
     for p in params:
-        factored_state = "exp_avg_sq_row" in opt.state[p]
-        assert factored_state == ref.is_factored(p.shape)
+        keys = STATE_KEYS[factored] if ref.is_factored(p.shape) else {"exp_avg_sq"}
+        assert set(opt.state[p]) - {"step", "exp_avg"} == keys
         assert ("exp_avg" in opt.state[p]) == (beta1 > 0)
 
 
 @pytest.mark.skipif(not KERNEL, reason="no kernel")
-@pytest.mark.parametrize("beta1,factored", [(0.0, True), (0.9, True), (0.0, False), (0.9, False)])
+@pytest.mark.parametrize("beta1,factored", [(0.0, True), (0.9, True), (0.0, False), (0.9, False), (0.0, "row"),
+                                            (0.9, "col")])  # fmt: skip
 def test_threaded_kernel_path_matches_paper_reference(beta1, factored):
     # Tensors of >= 2^15 elements are split across threads (one team region per step); a small one rides along.
     kw = dict(lr=0.05, beta1=beta1, factored=factored, min_dim_size_to_factor=MIN_DIM, weight_decay=0.1)
@@ -110,6 +116,16 @@ def test_grid_exercises_clipping_and_factoring():
         clipped |= any(r > 1.0 for r in ref.rms_u)
     assert clipped
     assert [ref.is_factored(s) for s in SHAPES] == [False, True, True, False, True]
+    # The row-only and column-only estimates are not the factored one (else the grid could not tell them apart).
+    outs = {}
+    for factored in ("row", "col", True):
+        ref = ReferenceAdafactor(make_params(), lr=0.05, min_dim_size_to_factor=MIN_DIM, factored=factored)
+        for gs in grad_sequence(SHAPES, 3):
+            ref.step(gs)
+        outs[factored] = ref.x
+    for a, b in itertools.combinations(outs.values(), 2):
+        assert all(torch.equal(x, y) for x, y in zip(a, b)) is False
+        assert torch.equal(a[0], b[0])  # the 1-D tensor keeps a full V under every switch
 
 
 @pytest.mark.parametrize("fused", PATHS)
@@ -173,6 +189,13 @@ def test_no_momentum_state_and_exact_state_bytes(fused):
     run(opt2, ps2, grad_sequence(shapes, 1))
     n = sum(p.numel() for p in ps2)
     assert optimizer_state_bytes(opt2) == factored + full + 4 * n
+    # Row-only keeps n numbers per n x m matrix, column-only m; the same tensors as above keep a full V.
+    for which, kept in (("row", 300 + 2 * 130), ("col", 200 + 2 * 140)):
+        ps3 = make_params(shapes=shapes)
+        opt3 = Adafactor(ps3, lr=0.01, factored=which, fused=fused)
+        run(opt3, ps3, grad_sequence(shapes, 2))
+        assert optimizer_state_breakdown(opt3) == {"factored": 4 * kept, "second_moment": full, "momentum": 0,
+                                                   "other": 0, "total": 4 * kept + full}  # fmt: skip
 
 
 def test_state_bytes_of_torch_adam():
@@ -186,9 +209,9 @@ def test_state_bytes_of_torch_adam():
 
 
 @pytest.mark.parametrize("fused", PATHS)
-@pytest.mark.parametrize("beta1", [0.0, 0.9])
-def test_state_dict_round_trip_is_bit_exact(fused, beta1):
-    kw = dict(lr=0.05, beta1=beta1, min_dim_size_to_factor=MIN_DIM, fused=fused)
+@pytest.mark.parametrize("beta1,factored", [(0.0, True), (0.9, True), (0.0, "row"), (0.9, "col")])
+def test_state_dict_round_trip_is_bit_exact(fused, beta1, factored):
+    kw = dict(lr=0.05, beta1=beta1, factored=factored, min_dim_size_to_factor=MIN_DIM, fused=fused)
     grads = grad_sequence(SHAPES, 6)
     ps = make_params()
     opt = Adafactor(ps, **kw)
@@ -213,11 +236,12 @@ def test_state_dict_round_trip_is_bit_exact(fused, beta1):
 
 
 @pytest.mark.parametrize("fused", PATHS)
-def test_fused_and_eager_agree_on_transformer_shapes(fused):
+@pytest.mark.parametrize("factored", FACTORED)
+def test_fused_and_eager_agree_on_transformer_shapes(fused, factored):
     shapes = [(700, 256), (256, 256), (512, 128), (128, 512), (256,), (512,)]
     ps = make_params(shapes=shapes)
     ps2 = make_params(shapes=shapes)
-    kw = dict(lr=1e-2, beta1=0.9, weight_decay=0.01)
+    kw = dict(lr=1e-2, beta1=0.9, weight_decay=0.01, factored=factored)
     a, b = Adafactor(ps, **kw, fused=fused), Adafactor(ps2, **kw, fused=False)
     grads = grad_sequence(shapes, 3)
     run(a, ps, grads)
@@ -226,10 +250,11 @@ def test_fused_and_eager_agree_on_transformer_shapes(fused):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_parameters_use_fp32_math():
+@pytest.mark.parametrize("factored", FACTORED)
+def test_bf16_parameters_use_fp32_math(factored):
     torch.manual_seed(0)
     shapes = [(40, 30), (30,)]
-    kw = dict(lr=0.05, min_dim_size_to_factor=MIN_DIM)
+    kw = dict(lr=0.05, min_dim_size_to_factor=MIN_DIM, factored=factored)
     ps16 = make_params(shapes=shapes, dtype=torch.bfloat16)
     ps32 = [torch.nn.Parameter(p.detach().float()) for p in ps16]
     opt16, opt32 = Adafactor(ps16, **kw), Adafactor(ps32, **kw)
@@ -324,6 +349,8 @@ def test_stats_before_first_step_and_beta2t():
         (dict(lr=0.1, min_dim_size_to_factor=0), "min_dim_size_to_factor"),
         (dict(lr=0.1, decay_exponent=0.0), "decay_exponent"),
         (dict(lr=0.1, weight_decay=-1.0), "weight_decay"),
+        (dict(lr=0.1, factored="rows"), "factored must be"),
+        (dict(lr=0.1, factored=1), "factored must be"),
     ],
 )
 def test_bad_arguments_name_the_argument(kw, match):
@@ -359,6 +386,19 @@ def test_hydra_optim_configs_instantiate(repo_root, name):
         g = opt.param_groups[0]
         assert g["beta1"] == 0.0 and g["beta2"] is None and g["clip_threshold"] == 1.0 and g["factored"]
     assert not math.isnan(opt.param_groups[0]["lr"])
+
+
+@pytest.mark.parametrize("value,expected", [("true", True), ("false", False), ("row", "row"), ("col", "col")])
+def test_hydra_passes_factored_through(repo_root, value, expected):
+    # The command line's optim.factored=row must reach Adafactor as the string "row", true as a bool.
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(repo_root / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["optim=adafactor", f"optim.factored={value}"])
+    opt = instantiate(cfg.optim)(make_params())
+    factored = opt.param_groups[0]["factored"]
+    assert type(factored) is type(expected) and factored == expected
 
 
 @pytest.mark.skipif(not KERNEL, reason="no kernel")

@@ -190,8 +190,10 @@ def test_nonfinite_steps_are_skipped_then_the_run_is_marked_diverged(tmp_path, m
     calls = {"n": 0}
 
     def flaky(logits, target, eps, pad):
-        calls["n"] += 1
         loss, nll = real(logits, target, eps, pad)
+        if not torch.is_grad_enabled():  # validation shares the forward; only training batches are bad
+            return loss, nll
+        calls["n"] += 1
         # call 3 is one bad batch (skipped, training goes on); from call 13 on every batch is bad
         return (loss * float("nan"), nll) if calls["n"] == 3 or calls["n"] >= 13 else (loss, nll)
 
@@ -266,3 +268,19 @@ def test_sigterm_saves_and_the_rerun_finishes(tmp_path, monkeypatch):
     monkeypatch.undo()
     s = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=20"))
     assert s["status"] == "completed" and s["updates"] == 20
+
+
+def test_a_crash_in_setup_still_closes_the_process_group(tmp_path, monkeypatch):
+    """One `finally` closes everything: the process group goes even when the run dies before its loop."""
+    from adafactor_repro.train import loop
+
+    closed = []
+    monkeypatch.setattr(loop.D, "cleanup", lambda: closed.append(True))
+
+    def boom(self):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(loop.Trainer, "setup", boom)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        train(make_cfg(tmp_path))
+    assert closed == [True]

@@ -1,16 +1,22 @@
-/* Fused CPU kernel of one Adafactor step (Shazeer & Stern 2018, Algorithms 4 and 5) for fp32 contiguous
- * tensors. Loaded with ctypes by _kernel.py; the math is the same as the eager torch path in adafactor.py.
+/* Fused CPU kernel of one Adafactor step (Shazeer & Stern 2018, Algorithms 4 and 5, and the row-only and
+ * column-only estimators of the end of Section 3) for fp32 contiguous tensors. Loaded with ctypes by
+ * _kernel.py; the math is the same as the eager torch path in adafactor.py.
  *
  * Why a kernel: a factored step needs only two passes over memory, 5 words per element against fused
- * Adam's 7 (issue 2, "Speed and memory", describes three; the middle one is folded into the first here):
+ * Adam's 7 (the statistics, the per-tensor scalars and the update would be three; the middle one is folded
+ * into the first here):
  *   pass 1 reads G and X: row/column sums of G^2 + eps1 (Alg. 4 lines 6-7), sum X^2 for RMS(X_{t-1}) and
  *          sum U^2 (see factored()); U_ij = G_ij a_i b_j, a_i = rsqrt(R_i / mean(R)), b_j = rsqrt(C_j),
  *          so V-hat = R C / mean(R) (Alg. 4 line 8) is never materialised;
  *   pass 2 reads G and X (and the momentum) and writes X.
  * Eager torch needs ~11 passes and a matrix-sized temporary for the same work.
  *
- * meta rows (int64, 9 per tensor): kind (1 factored, 0 full), B, n, m, x, g, r_or_v, c, mom.
- * A factored tensor is B matrices of n x m (its leading dims flattened); a full one has n*m elements. */
+ * Row-only (V-hat_ij = R_i) and column-only (V-hat_ij = C_j) tensors take the same two passes with the other
+ * factor set to 1 (an exact multiplication), so pass 2 is shared.
+ *
+ * meta rows (int64, 9 per tensor): kind (1 factored, 2 row-only, 3 column-only, 0 full), B, n, m, x, g,
+ * r_or_v, c, mom. A factored tensor is B matrices of n x m (its leading dims flattened); a full one has n*m
+ * elements. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -38,22 +44,28 @@ static double step_scale(const hyper *h, double rms_u, double rms_x, float *alph
  * bit (an OpenMP reduction clause combines partials in an unspecified order). */
 #define ROW_GROUPS 16
 
+enum { KIND_FULL = 0, KIND_FACTORED = 1, KIND_ROW = 2, KIND_COL = 3 };
+
 /* One tensor of the step: its pointers, its per-block partial sums and its outputs. */
 typedef struct {
-    int factored;
+    int kind;
+    int factored; /* any kind but KIND_FULL: rows of B matrices n x m */
     int64_t B, n, m, K, nblocks; /* factored: B matrices n x m, K row groups each; full: n*m elements */
     float *x, *mom, *R, *C, *v;
     const float *g;
     float b2, omb2;
-    float *colacc; /* factored: per (matrix, row group) column sums of G^2+eps1 and D_j = sum_i G_ij^2/R_i */
-    float *a, *bc; /* factored: a_i = rsqrt(R_i / mean R), b_j = rsqrt(C_j) */
+    float *colacc; /* factored: per (matrix, row group) column sums of G^2+eps1 and D_j = sum_i G_ij^2/R_i
+                    * (column-only: D_j = sum_i G_ij^2) */
+    float *a, *bc; /* factored: a_i = rsqrt(R_i / mean R), b_j = rsqrt(C_j); row-only: a_i = rsqrt(R_i),
+                    * b_j = 1; column-only: a_i = 1, b_j = rsqrt(C_j) */
     double *part;  /* per block: (sum R_i or sum U^2, sum X^2) */
     float s;       /* alpha / clipping denominator */
 } tensor;
 
 static int setup(tensor *t, const int64_t *md, double beta2t) {
     memset(t, 0, sizeof *t);
-    t->factored = (int)md[0];
+    t->kind = (int)md[0];
+    t->factored = t->kind != KIND_FULL;
     t->B = md[1], t->n = md[2], t->m = md[3];
     t->x = (float *)(intptr_t)md[4];
     t->g = (const float *)(intptr_t)md[5];
@@ -63,15 +75,19 @@ static int setup(tensor *t, const int64_t *md, double beta2t) {
         t->R = (float *)(intptr_t)md[6], t->C = (float *)(intptr_t)md[7];
         t->K = t->n < ROW_GROUPS ? t->n : ROW_GROUPS;
         t->nblocks = t->B * t->K;
-        t->colacc = (float *)malloc(sizeof(float) * 2 * (size_t)(t->nblocks * t->m));
+        if (t->kind != KIND_ROW) t->colacc = (float *)malloc(sizeof(float) * 2 * (size_t)(t->nblocks * t->m));
         t->a = (float *)malloc(sizeof(float) * (size_t)(t->B * t->n));
         t->bc = (float *)malloc(sizeof(float) * (size_t)(t->B * t->m));
+        if (t->kind == KIND_ROW && t->bc)
+            for (int64_t j = 0; j < t->B * t->m; j++) t->bc[j] = 1.0f;
+        if (t->kind == KIND_COL && t->a)
+            for (int64_t i = 0; i < t->B * t->n; i++) t->a[i] = 1.0f;
     } else {
         t->v = (float *)(intptr_t)md[6];
         t->nblocks = (t->n * t->m + CHUNK - 1) / CHUNK;
     }
     t->part = (double *)malloc(sizeof(double) * 2 * (size_t)t->nblocks);
-    return t->part != NULL && (!t->factored || (t->colacc && t->a && t->bc));
+    return t->part != NULL && (!t->factored || ((t->colacc || t->kind == KIND_ROW) && t->a && t->bc));
 }
 
 static void release(tensor *t) {
@@ -87,9 +103,16 @@ static void release(tensor *t) {
  *   and R_i is final once row i is summed (the second sweep over the row hits L1), so RMS(U) needs no pass
  *   of its own.
  * full: V <- b2 V + (1-b2)(G^2 + eps1) (Alg. 5), sum G^2/V and sum X^2 over one chunk. */
+static void pass1_row(tensor *t, int64_t blk, float eps1);
+static void pass1_col(tensor *t, int64_t blk, float eps1);
+
 static void pass1(tensor *t, int64_t blk, float eps1) {
     const float b2 = t->b2, omb2 = t->omb2;
-    if (t->factored) {
+    if (t->kind == KIND_ROW) {
+        pass1_row(t, blk, eps1);
+    } else if (t->kind == KIND_COL) {
+        pass1_col(t, blk, eps1);
+    } else if (t->factored) {
         const int64_t b = blk / t->K, k = blk % t->K, n = t->n, m = t->m;
         const float *gb = t->g + b * n * m, *xb = t->x + b * n * m;
         float *Rb = t->R + b * n, *ca = t->colacc + (size_t)blk * 2 * (size_t)m, *da = ca + m;
@@ -133,10 +156,94 @@ static void pass1(tensor *t, int64_t blk, float eps1) {
     }
 }
 
+/* Pass 1 of a row-only tensor: R_i as for a factored one; sum U^2 = sum_i (sum_j G_ij^2) / R_i. */
+static void pass1_row(tensor *t, int64_t blk, float eps1) {
+    const float b2 = t->b2, omb2 = t->omb2;
+    const int64_t b = blk / t->K, k = blk % t->K, n = t->n, m = t->m;
+    const float *gb = t->g + b * n * m, *xb = t->x + b * n * m;
+    float *Rb = t->R + b * n;
+    double usum = 0.0, xsum = 0.0;
+    for (int64_t i = n * k / t->K; i < n * (k + 1) / t->K; i++) {
+        const float *gr = gb + i * m, *xr = xb + i * m;
+        float rs = 0.f, gs = 0.f, xr2 = 0.f;
+#pragma omp simd reduction(+ : rs, gs, xr2)
+        for (int64_t j = 0; j < m; j++) {
+            const float g2 = gr[j] * gr[j];
+            rs += g2 + eps1;
+            gs += g2;
+            xr2 += xr[j] * xr[j];
+        }
+        const float ri = b2 * Rb[i] + omb2 * (rs / (float)m);
+        Rb[i] = ri;
+        usum += (double)gs / (double)ri;
+        xsum += xr2;
+    }
+    t->part[2 * blk] = usum;
+    t->part[2 * blk + 1] = xsum;
+}
+
+/* Pass 1 of a column-only tensor: column sums of G^2 + eps1 (for C) and of G^2 (sum U^2 = sum_j D_j / C_j
+ * once C is known, in finish()), and sum X^2. */
+static void pass1_col(tensor *t, int64_t blk, float eps1) {
+    const int64_t b = blk / t->K, k = blk % t->K, n = t->n, m = t->m;
+    const float *gb = t->g + b * n * m, *xb = t->x + b * n * m;
+    float *ca = t->colacc + (size_t)blk * 2 * (size_t)m, *da = ca + m;
+    memset(ca, 0, sizeof(float) * 2 * (size_t)m);
+    double xsum = 0.0;
+    for (int64_t i = n * k / t->K; i < n * (k + 1) / t->K; i++) {
+        const float *gr = gb + i * m, *xr = xb + i * m;
+        float xr2 = 0.f;
+#pragma omp simd reduction(+ : xr2)
+        for (int64_t j = 0; j < m; j++) {
+            const float g2 = gr[j] * gr[j];
+            ca[j] += g2 + eps1;
+            da[j] += g2;
+            xr2 += xr[j] * xr[j];
+        }
+        xsum += xr2;
+    }
+    t->part[2 * blk] = 0.0;
+    t->part[2 * blk + 1] = xsum;
+}
+
+/* finish() of a row-only or column-only tensor: C (column-only), the factors a and b, and sum U^2. */
+static double finish_one_factor(tensor *t, double *xs) {
+    const int64_t n = t->n, m = t->m, K = t->K;
+    double su = 0.0;
+    for (int64_t b = 0; b < t->B; b++) {
+        for (int64_t k = 0; k < K; k++) {
+            su += t->part[2 * (b * K + k)];
+            *xs += t->part[2 * (b * K + k) + 1];
+        }
+        if (t->kind == KIND_ROW) {
+            const float *Rb = t->R + b * n;
+            float *ab = t->a + b * n;
+            for (int64_t i = 0; i < n; i++) ab[i] = 1.0f / sqrtf(Rb[i]);
+        } else {
+            float *Cb = t->C + b * m, *bb = t->bc + b * m;
+            float *acc = t->colacc + (size_t)(b * K) * 2 * (size_t)m;
+            for (int64_t k = 1; k < K; k++) {
+                const float *src = acc + (size_t)k * 2 * (size_t)m;
+#pragma omp simd
+                for (int64_t j = 0; j < 2 * m; j++) acc[j] += src[j];
+            }
+            for (int64_t j = 0; j < m; j++) {
+                const float cj = t->b2 * Cb[j] + t->omb2 * (acc[j] / (float)n);
+                Cb[j] = cj;
+                su += (double)acc[m + j] / (double)cj;
+                bb[j] = 1.0f / sqrtf(cj);
+            }
+        }
+    }
+    return su;
+}
+
 /* Between the passes (serial, O(n + m)): C, a, b, RMS(U), RMS(X) and the step scale s. */
 static void finish(tensor *t, const hyper *h, float *rms_out, float *alpha_out) {
     double su = 0.0, xs = 0.0;
-    if (t->factored) {
+    if (t->kind == KIND_ROW || t->kind == KIND_COL) {
+        su = finish_one_factor(t, &xs);
+    } else if (t->factored) {
         const int64_t n = t->n, m = t->m, K = t->K;
         for (int64_t b = 0; b < t->B; b++) {
             double rsum = 0.0, dsum = 0.0;

@@ -7,6 +7,8 @@ One step for a parameter X with gradient G at 1-based step t (Algorithms 4 and 5
     factored (rank >= 2, last two dims >= min_dim_size_to_factor), Algorithm 4:
         R <- beta2t R + (1 - beta2t) rowmean(G^2 + eps1)   C <- beta2t C + (1 - beta2t) colmean(G^2 + eps1)
         V-hat = R C / mean(R)
+    factored="row" / "col" (Section 3, end; Table 2 rows D and E): only R (V-hat_ij = R_i) or only C
+        (V-hat_ij = C_j) is kept, for the same tensors
     otherwise, Algorithm 5:  V <- beta2t V + (1 - beta2t)(G^2 + eps1),  V-hat = V
     U = G / sqrt(V-hat);   U-hat = U / max(1, RMS(U) / d)   (Section 6, RMS per tensor; d = clip_threshold)
     alpha = lr * max(eps2, RMS(X_{t-1}))  if scale_parameter else lr   (Section 8)
@@ -14,8 +16,8 @@ One step for a parameter X with gradient G at 1-based step t (Algorithms 4 and 5
     beta1 = 0:  X <- X - alpha U-hat                                   (no momentum buffer at all)
     weight_decay (not in the paper, default off): X <- X - lr weight_decay X, decoupled, before the update.
 
-Two implementations compute this: a fused C kernel for fp32 contiguous CPU tensors (_kernel.c, three memory
-passes per factored tensor) and an eager torch path for everything else (CUDA, bf16, no compiler). Both
+Two implementations compute this: a fused C kernel for fp32 contiguous CPU tensors (_kernel.c, two memory
+passes per tensor) and an eager torch path for everything else (CUDA, bf16, no compiler). Both
 work on fp32 statistics whatever the parameter dtype, keep every quantity on the parameter's device, and
 never synchronise with the host inside ``step()``.
 """
@@ -70,8 +72,12 @@ class Adafactor(Optimizer):
         decay_exponent: c in ``1 - t^-c`` (the paper uses 0.8).
         eps1: added to G^2 before averaging.  eps2: floor of RMS(X) in the relative step size.
         clip_threshold: d of update clipping; ``None`` turns clipping off.
-        factored: factor the second moment of matrices.  min_dim_size_to_factor: both of the last two dims
-            must be at least this for a tensor to be factored (tensor2tensor uses 128).
+        factored: ``True`` factors the second moment of matrices (Algorithm 4, V-hat = R C / mean(R));
+            ``False`` keeps it in full (Algorithm 5); ``"row"`` / ``"col"`` keep only the row means R
+            (V-hat_ij = R_i) or only the column means C (V-hat_ij = C_j), the simplified estimators of the
+            end of Section 3. Leading dims of a tensor of rank > 2 are batch dims.
+        min_dim_size_to_factor: both of the last two dims must be at least this for a tensor to be factored
+            (tensor2tensor uses 128); other tensors keep a full second moment whatever ``factored`` says.
         scale_parameter: multiply the step by ``max(eps2, RMS(X_{t-1}))``.
         weight_decay: decoupled weight decay ``X <- X - lr * weight_decay * X`` (not in the paper).
         stochastic_rounding: write bf16 parameters back with stochastic rounding (fp32 math either way).
@@ -90,7 +96,7 @@ class Adafactor(Optimizer):
         eps1: float = 1e-30,
         eps2: float = 1e-3,
         clip_threshold: float | None = 1.0,
-        factored: bool = True,
+        factored: bool | str = True,
         min_dim_size_to_factor: int = 128,
         scale_parameter: bool = True,
         weight_decay: float = 0.0,
@@ -107,6 +113,8 @@ class Adafactor(Optimizer):
                f"Adafactor: clip_threshold must be > 0, or None to turn clipping off; got {clip_threshold!r}")
         _check(int(min_dim_size_to_factor) >= 1,
                f"Adafactor: min_dim_size_to_factor must be >= 1, got {min_dim_size_to_factor!r}")
+        _check(isinstance(factored, bool) or factored in ("row", "col"),
+               f'Adafactor: factored must be True, False, "row" or "col", got {factored!r}')
         _check(weight_decay >= 0, f"Adafactor: weight_decay must be >= 0, got {weight_decay!r}")
         if fused and _kernel.load() is None:
             raise RuntimeError(
@@ -115,7 +123,7 @@ class Adafactor(Optimizer):
             )
         defaults = dict(
             lr=float(lr), beta1=float(beta1), beta2=beta2, decay_exponent=float(decay_exponent),
-            eps1=float(eps1), eps2=float(eps2), clip_threshold=clip_threshold, factored=bool(factored),
+            eps1=float(eps1), eps2=float(eps2), clip_threshold=clip_threshold, factored=factored,
             min_dim_size_to_factor=int(min_dim_size_to_factor), scale_parameter=bool(scale_parameter),
             weight_decay=float(weight_decay), stochastic_rounding=bool(stochastic_rounding), fused=fused,
         )  # fmt: skip
@@ -126,8 +134,9 @@ class Adafactor(Optimizer):
     # ----------------------------------------------------------------------------------------------
     @staticmethod
     def _factored(shape: torch.Size, group: dict) -> bool:
+        """Whether a tensor of this shape is eligible for factored (or row-/column-only) statistics."""
         k = group["min_dim_size_to_factor"]
-        return group["factored"] and len(shape) >= 2 and shape[-1] >= k and shape[-2] >= k
+        return group["factored"] is not False and len(shape) >= 2 and shape[-1] >= k and shape[-2] >= k
 
     @staticmethod
     def _beta2t(group: dict, t: int) -> float:
@@ -142,8 +151,10 @@ class Adafactor(Optimizer):
             f32 = dict(dtype=torch.float32, device=p.device)
             state["step"] = 0
             if self._factored(p.shape, group):
-                state["exp_avg_sq_row"] = torch.zeros(p.shape[:-1], **f32)
-                state["exp_avg_sq_col"] = torch.zeros(p.shape[:-2] + p.shape[-1:], **f32)
+                if group["factored"] != "col":
+                    state["exp_avg_sq_row"] = torch.zeros(p.shape[:-1], **f32)
+                if group["factored"] != "row":
+                    state["exp_avg_sq_col"] = torch.zeros(p.shape[:-2] + p.shape[-1:], **f32)
             else:
                 state["exp_avg_sq"] = torch.zeros(p.shape, **f32)
             if group["beta1"] > 0:
@@ -155,7 +166,7 @@ class Adafactor(Optimizer):
 
     def _buffer(self, device: torch.device, numel: int) -> torch.Tensor:
         # One fp32 scratch buffer per device, as large as the largest parameter: the eager path's only
-        # transient (a fresh matrix-sized tensor per step costs ~10x the arithmetic on CPU, issue 2).
+        # transient (a fresh matrix-sized tensor per step costs ~10x the arithmetic on CPU).
         buf = self._scratch.get(device)
         if buf is None or buf.numel() < numel:
             buf = torch.empty(numel, dtype=torch.float32, device=device)
@@ -169,7 +180,7 @@ class Adafactor(Optimizer):
         x = p if p.dtype == torch.float32 else p.float()
         numel = p.numel()
         u = self._buffer(p.device, numel)[:numel].view(p.shape)
-        if "exp_avg_sq_row" in state:
+        if "exp_avg_sq_row" in state and "exp_avg_sq_col" in state:
             r, c = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
             g2 = torch.mul(g, g, out=u).add_(group["eps1"])
             r.mul_(beta2t).add_(g2.mean(-1), alpha=1.0 - beta2t)
@@ -177,6 +188,13 @@ class Adafactor(Optimizer):
             # V-hat = R C / mean(R) is never formed: U = G * rsqrt(R / mean(R)) * rsqrt(C).
             a = (r / r.mean(-1, keepdim=True)).rsqrt_().unsqueeze(-1)
             torch.mul(g, a, out=u).mul_(c.rsqrt().unsqueeze(-2))
+        elif "exp_avg_sq_row" in state or "exp_avg_sq_col" in state:
+            # Row-only (V-hat_ij = R_i) or column-only (V-hat_ij = C_j): U = G * rsqrt of the broadcast mean.
+            dim = -1 if "exp_avg_sq_row" in state else -2
+            rc = state["exp_avg_sq_row" if dim == -1 else "exp_avg_sq_col"]
+            g2 = torch.mul(g, g, out=u).add_(group["eps1"])
+            rc.mul_(beta2t).add_(g2.mean(dim), alpha=1.0 - beta2t)
+            torch.mul(g, rc.rsqrt().unsqueeze(dim), out=u)
         else:
             v = state["exp_avg_sq"]
             g2 = torch.mul(g, g, out=u).add_(group["eps1"])
@@ -208,15 +226,18 @@ class Adafactor(Optimizer):
         return rms_u, alpha
 
     def _fused(self, params: list, states: list, beta2ts: list, group: dict, lib: ctypes.CDLL):
-        # One flat int64 row of 9 per tensor (kind, B, n, m, x, g, r|v, c, momentum); array.array keeps this
-        # Python-side bookkeeping at about a microsecond per tensor.
+        # One flat int64 row of 9 per tensor (kind, B, n, m, x, g, r|v, c, momentum); kind is 1 factored,
+        # 2 row-only, 3 column-only, 0 full. array.array keeps this Python-side bookkeeping at about a
+        # microsecond per tensor.
         meta = array.array("q")
         for p, st in zip(params, states):
             mom = st["exp_avg"].data_ptr() if "exp_avg" in st else 0
-            if "exp_avg_sq_row" in st:
+            r, c = st.get("exp_avg_sq_row"), st.get("exp_avg_sq_col")
+            if r is not None or c is not None:
                 shape = p.shape
-                meta.extend((1, p.numel() // (shape[-1] * shape[-2]), shape[-2], shape[-1], p.data_ptr(),
-                             p.grad.data_ptr(), st["exp_avg_sq_row"].data_ptr(), st["exp_avg_sq_col"].data_ptr(), mom))  # fmt: skip
+                kind = 1 if r is not None and c is not None else 2 if r is not None else 3
+                meta.extend((kind, p.numel() // (shape[-1] * shape[-2]), shape[-2], shape[-1], p.data_ptr(),
+                             p.grad.data_ptr(), 0 if r is None else r.data_ptr(), 0 if c is None else c.data_ptr(), mom))  # fmt: skip
             else:
                 meta.extend((0, 1, 1, p.numel(), p.data_ptr(), p.grad.data_ptr(), st["exp_avg_sq"].data_ptr(), 0, mom))
         b2 = array.array("d", beta2ts)

@@ -1,4 +1,10 @@
-"""train(cfg): the training loop (docs/architecture.md, "train"; docs/training.md for the behaviour)."""
+"""train(cfg): the training loop (docs/architecture.md, "train"; docs/training.md for the behaviour).
+
+Laid out as torchtitan's trainer: `Trainer(cfg)` is the setup (data, model, optimizer, resume), its
+`train_step` is one optimizer update, `maybe_validate` and `maybe_checkpoint` run on their intervals, and
+`train()` closes everything in one `finally` - log files, signal handlers and the process group - however
+the run ends (completed, diverged, interrupted, or a crash).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import json
 import math
 import signal
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +25,11 @@ from ..data import TokenBatchSampler, TranslationDataset, collate, load_meta, lo
 from ..model import Transformer, TransformerConfig
 from ..optim import optimizer_state_breakdown, optimizer_state_bytes
 from . import distributed as D
+from . import step as S
 from .checkpoint import find_resume_checkpoint, git_commit, rng_state, save_checkpoint, set_rng_state
 from .evaluation import evaluate_bleu
-from .loss import label_smoothed_nll_loss
 from .metrics import MetricsLogger, atomic_write_json, atomic_write_text
 from .perf import peak_flops, peak_memory_bytes
-from .step import to_device, train_step
 
 SUMMARY = "summary.json"
 
@@ -95,12 +101,12 @@ def validate(model, dataset, sampler, *, device, autocast_dtype, label_smoothing
     model.eval()
     sums = torch.zeros(3, device=device, dtype=torch.float64)
     for idx in sampler:
-        b = to_device(collate([dataset[i] for i in idx], pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id), device)
-        mask = b["target"].ne(tok.pad_id)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(b["src_tokens"], b["prev_output_tokens"], output_mask=mask)
-        loss, nll = label_smoothed_nll_loss(logits, b["target"][mask], label_smoothing, tok.pad_id)
-        sums += torch.stack((loss.detach().double(), nll.double(), torch.tensor(float(b["ntokens"]), device=device, dtype=torch.float64)))
+        b = S.to_device(collate([dataset[i] for i in idx], pad_id=tok.pad_id, bos_id=tok.bos_id, eos_id=tok.eos_id),
+                        device)
+        loss, nll = S.forward_loss(model, b, label_smoothing=label_smoothing, pad_id=tok.pad_id,
+                                   autocast_dtype=autocast_dtype)
+        sums += torch.stack((loss.detach().double(), nll.double(),
+                             torch.tensor(float(b["ntokens"]), device=device, dtype=torch.float64)))
     D.all_reduce_sum(sums)
     model.train(was_training)
     loss, nll, n = sums.tolist()
@@ -126,261 +132,363 @@ class _StopFlag:
     def restore(self):
         for s, h in self._old.items():
             signal.signal(s, h)
+        self._old = {}
+
+
+@dataclass
+class TrainState:
+    """What the loop itself carries from update to update (the rest lives in the model, optimizer,
+    scheduler and sampler). `counters` go into every checkpoint, so a resumed run continues them."""
+
+    num_updates: int = 0
+    epoch: int = 1
+    best_valid: float = math.inf
+    last_valid: dict | None = None  # the latest validation, for summary.json
+    saved_at: int = -1              # the update of the newest checkpoint_last.pt
+    counters: dict[str, float] = field(default_factory=lambda: {
+        "nonfinite_total": 0, "nonfinite_consecutive": 0, "train_tokens": 0, "train_time_s": 0.0,
+        "wall_time_s": 0.0})
+
+
+class _Window:
+    """Sums over the updates since the last train record; device tensors, read back once per record."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.nll = torch.zeros((), device=device)
+        self.gnorm = torch.zeros((), device=device)
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss.zero_()
+        self.nll.zero_()
+        self.gnorm.zero_()
+        self.tokens, self.updates, self.time, self.flops = 0, 0, 0.0, 0.0
+
+
+class Trainer:
+    """The setup of one run and the steps of its loop; `train(cfg)` drives it."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg, t = cfg, cfg.trainer
+        self.t = t
+        self.logger: MetricsLogger | None = None
+        self.stop: _StopFlag | None = None
+        self.dist = D.init_distributed(t.device)
+        self.device, self.main = self.dist.device, self.dist.is_main
+        if t.get("num_threads"):
+            torch.set_num_threads(int(t.num_threads))
+        self.run_dir = Path(cfg.run_dir)
+        self.prev = _read_summary(self.run_dir)
+        self.state = TrainState()
+
+    def finished_before(self) -> bool:
+        """The run directory holds a diverged run, or one completed at >= trainer.max_update."""
+        prev = self.prev
+        return bool(prev) and (prev.get("status") == "diverged" or (
+            prev.get("status") == "completed" and int(prev.get("updates", 0)) >= int(self.t.max_update)))
+
+    def setup(self) -> None:
+        cfg, t, dist, device, main = self.cfg, self.t, self.dist, self.device, self.main
+        # -------------------------------------------------------------- data (rank 0 builds, others reuse)
+        if main:
+            data_dir = prepare(cfg.data)
+        D.barrier()
+        if not main:
+            data_dir = prepare(cfg.data)
+        self.data_dir = data_dir = Path(data_dir).resolve()  # absolute: evaluate.py may run from elsewhere
+        self.tok = tok = load_tokenizer(data_dir)
+        self.train_set = TranslationDataset(data_dir, "train")
+        self.valid_set = TranslationDataset(data_dir, "valid")
+        self.sampler = TokenBatchSampler(self.train_set.src_lengths, self.train_set.tgt_lengths, int(t.max_tokens),
+                                         seed=int(t.seed), shuffle=True, num_replicas=dist.world_size, rank=dist.rank)
+        self.valid_sampler = TokenBatchSampler(self.valid_set.src_lengths, self.valid_set.tgt_lengths,
+                                               int(t.max_tokens), seed=int(t.seed), shuffle=False,
+                                               num_replicas=dist.world_size, rank=dist.rank)
+
+        # -------------------------------------------------------------- model, optimizer, schedule
+        torch.manual_seed(int(t.seed))
+        self.model_args = dict(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=tok.vocab_size,
+                               pad_id=tok.pad_id)
+        self.raw_model = Transformer(TransformerConfig(**self.model_args)).to(device)
+        self.optimizer = instantiate(cfg.optim)(self.raw_model.parameters())
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, instantiate(cfg.schedule))
+        # dropout streams differ per rank; reseeding on rank 0 too keeps 1-process runs = rank 0 of N
+        torch.manual_seed(int(t.seed) + dist.rank)
+
+        # -------------------------------------------------------------- resume
+        resumed = find_resume_checkpoint(self.run_dir) if main else None
+        self.resumed_path = D.broadcast_object(str(resumed[1]) if resumed else None)
+        if self.resumed_path and not main:
+            resumed = find_resume_checkpoint(self.run_dir)  # every rank reads the file rank 0 found usable
+        if resumed:
+            self._load(*resumed)
+        self.resolved = resolved_config(cfg)
+        # Which built data this run saw: the artifact's cache key and the sentencepiece model's sha256.
+        meta = load_meta(data_dir)
+        self.resolved["data_artifact"] = {"dir": str(data_dir), "key": meta.get("key"),
+                                          "spm_sha256": meta.get("spm", {}).get("sha256")}
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
+        self.commit = git_commit()
+
+        model = self.raw_model
+        if t.get("compile"):
+            model = torch.compile(model)
+        if dist.distributed:
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model.train()
+        self.model = model
+        self.autocast_dtype = _autocast_dtype(t.get("precision", "auto"), device)
+        self.peak = peak_flops(device, t.get("peak_flops"))
+        self.schedule_choice = _hydra_choice(cfg, "schedule")
+        self.logger = MetricsLogger(self.run_dir, enabled=main, wandb_cfg=OmegaConf.to_container(cfg.logger, resolve=True),
+                                    run_name=f"{cfg.name}-{self.schedule_choice}", config=self.resolved,
+                                    total_updates=int(t.max_update), start_update=self.state.num_updates)
+        if main:
+            self.logger.message(
+                f"{self.run_dir}: {'resuming from ' + self.resumed_path if self.resumed_path else 'new run'} at update "
+                f"{self.state.num_updates}; {self.raw_model.num_parameters():,} parameters; device {device}"
+                f"{f' x{dist.world_size}' if dist.distributed else ''}; data {data_dir}")
+        self.state.epoch = int(self.sampler.state_dict()["epoch"])
+        self.state.saved_at = self.state.num_updates if self.resumed_path else -1
+        self.batches = _epoch_batches(self.sampler, self.train_set, tok.pad_id, tok.bos_id, tok.eos_id)
+        self.window = _Window(device)
+        self.write_summary("running")
+        self.stop = _StopFlag()
+
+    def _load(self, ckpt: dict, path: Path) -> None:
+        self.raw_model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.sampler.load_state_dict(ckpt["sampler"])
+        rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
+        if len(rngs) != self.dist.world_size and self.main:
+            print(f"{path} was written by {len(rngs)} process(es), this run has {self.dist.world_size}: "
+                  "RNG streams restart from rank 0's, so the resumed run is not bit-identical", flush=True)
+        set_rng_state(rngs[self.dist.rank % len(rngs)])
+        st = self.state
+        st.num_updates = int(ckpt["update"])
+        st.best_valid = float(ckpt.get("best_valid_loss", math.inf))
+        st.counters.update({k: ckpt["counters"][k] for k in st.counters if k in ckpt.get("counters", {})})
+
+    # ------------------------------------------------------------------ the loop's steps
+    def train_step(self) -> bool:
+        """One optimizer update over trainer.update_freq batches. False when there is nothing left to do
+        (max_epoch reached); raises Diverged after max_consecutive_nonfinite skipped updates in a row."""
+        t, st, c = self.t, self.state, self.state.counters
+        t0 = time.perf_counter()
+        micro, flops = [], 0.0
+        for _ in range(int(t.update_freq)):
+            st.epoch, b = next(self.batches)
+            # model FLOPs of the padded shapes (what the hardware computes), for MFU
+            flops += self.raw_model.training_flops(tuple(b["src_tokens"].shape), tuple(b["target"].shape))
+            micro.append(S.to_device(b, self.device))
+        if t.get("max_epoch") and st.epoch > int(t.max_epoch):  # the sampler counts epochs from 1
+            return False
+        res = S.train_step(self.model, self.optimizer, micro, label_smoothing=float(t.label_smoothing),
+                           pad_id=self.tok.pad_id, clip_norm=float(t.clip_norm or 0.0),
+                           autocast_dtype=self.autocast_dtype, world_size=self.dist.world_size,
+                           scheduler=self.scheduler)
+        dt = time.perf_counter() - t0
+        c["train_time_s"] += dt
+        c["train_tokens"] += res.ntokens
+        if not res.finite:
+            c["nonfinite_total"] += 1
+            c["nonfinite_consecutive"] += 1
+            self.logger.message(f"update {st.num_updates + 1}: non-finite loss or gradient, step skipped "
+                                f"({c['nonfinite_consecutive']} in a row, {c['nonfinite_total']} in all)")
+            if c["nonfinite_consecutive"] >= int(t.max_consecutive_nonfinite):
+                raise Diverged(st.num_updates + 1)
+            return True
+        c["nonfinite_consecutive"] = 0
+        st.num_updates += 1
+        self.logger.advance()
+        w = self.window
+        w.loss += res.loss_sum / max(res.ntokens, 1)
+        w.nll += res.nll_sum / max(res.ntokens, 1)
+        w.gnorm += res.gnorm
+        w.tokens += res.ntokens
+        w.updates += 1
+        w.time += dt
+        w.flops += flops
+        if st.num_updates % int(t.log_interval) == 0 or st.num_updates == int(t.max_update):
+            _log_train(self.logger, self.optimizer, self.scheduler, w, st.num_updates, st.epoch, c, self.device,
+                       self.peak, self.main)
+        return True
+
+    def validate(self) -> dict:
+        """Validation loss now; updates the best loss; logged."""
+        st = self.state
+        v = validate(self.raw_model, self.valid_set, self.valid_sampler, device=self.device,
+                     autocast_dtype=self.autocast_dtype, label_smoothing=float(self.t.label_smoothing), tok=self.tok)
+        improved = v["loss"] < st.best_valid
+        st.best_valid = min(st.best_valid, v["loss"])
+        self.logger.log({"split": "valid", "update": st.num_updates, "epoch": st.epoch, **v,
+                         "best_loss": st.best_valid})
+        st.last_valid = {**v, "improved": improved}
+        return st.last_valid
+
+    def maybe_validate(self) -> bool:
+        """Validation loss every trainer.val_interval updates and at the last one; periodic BLEU (on a prefix)
+        every trainer.bleu_interval. True when this update's validation loss is the best so far."""
+        t, n = self.t, self.state.num_updates
+        improved = False
+        if n % int(t.val_interval) == 0 or n == int(t.max_update):
+            improved = self.validate()["improved"]
+        if int(t.get("bleu_interval") or 0) > 0 and n % int(t.bleu_interval) == 0 and self.main:
+            b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.cfg.eval, None, self.device,
+                              max_sentences=self.cfg.eval.get("max_sentences"))
+            self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
+                             "bleu_sentences": b["valid"]["sentences"]})
+        return improved
+
+    def maybe_checkpoint(self, improved: bool) -> None:
+        """checkpoint_last.pt after each validation, periodic save, the last update and a stop signal."""
+        t, n = self.t, self.state.num_updates
+        if self.dist.distributed:  # a signal may reach the ranks at different updates: stop together
+            flag = torch.tensor([float(self.stop.set)], device=self.device)
+            self.stop.set = bool(D.all_reduce_sum(flag).item())
+        validated = n % int(t.val_interval) == 0 or n == int(t.max_update)
+        periodic = n % int(t.save_interval) == 0
+        if validated or periodic or n == int(t.max_update) or self.stop.set:
+            self.tick_wall_time()
+            self.checkpoint(periodic=periodic, best=improved)
+
+    def checkpoint(self, periodic: bool = False, best: bool = False) -> None:
+        st = self.state
+        # every rank's RNG state (dropout streams differ per rank), gathered to rank 0
+        rngs = D.gather_object(rng_state())
+        st.saved_at = st.num_updates
+        if not self.main:
+            return
+        save_checkpoint({
+            "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+            "rng": rngs if self.dist.distributed else rngs[0], "update": st.num_updates,
+            "epoch": int(self.sampler.state_dict()["epoch"]), "config": self.resolved, "model_args": self.model_args,
+            "data_dir": str(self.data_dir), "git_commit": self.commit, "best_valid_loss": st.best_valid,
+            "counters": dict(st.counters), "world_size": self.dist.world_size,
+        }, self.run_dir, periodic=periodic, best=best, keep_last=int(self.t.keep_last))
+
+    def tick_wall_time(self) -> None:
+        now = time.perf_counter()
+        self.state.counters["wall_time_s"] += now - self._t_wall
+        self._t_wall = now
+
+    def write_summary(self, status: str, **extra) -> dict[str, Any]:
+        st, prev = self.state, self.prev or {}
+        valid = st.last_valid
+        c = st.counters
+        s = {
+            "status": status, "diverged_at": None, "updates": st.num_updates,
+            "wall_time_s": round(c["wall_time_s"], 3),
+            "tokens_per_s": c["train_tokens"] / c["train_time_s"] if c["train_time_s"] else None,
+            "valid_loss": valid["loss"] if valid else prev.get("valid_loss"),
+            "valid_nll": valid["nll"] if valid else prev.get("valid_nll"),
+            "valid_ppl": valid["ppl"] if valid else prev.get("valid_ppl"),
+            "num_parameters": self.raw_model.num_parameters(),
+            "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
+            "optimizer_state_breakdown": optimizer_state_breakdown(self.optimizer),
+            "peak_memory_bytes": peak_memory_bytes(self.device),
+            "name": self.cfg.name, "schedule": self.schedule_choice,
+            "scale": _hydra_choice(self.cfg, "scale") or self.cfg.get("scale_name"),
+        }
+        s.update(extra)
+        if self.main:
+            atomic_write_json(self.run_dir / SUMMARY, s)
+        return s
+
+    # ------------------------------------------------------------------ the run
+    def fit(self) -> dict[str, Any]:
+        """Updates until trainer.max_update (or max_epoch, a stop signal, divergence); returns the summary."""
+        st, max_update = self.state, int(self.t.max_update)
+        self._t_wall = time.perf_counter()
+        try:
+            while st.num_updates < max_update and not self.stop.set:
+                n = st.num_updates
+                if not self.train_step():
+                    break
+                if st.num_updates == n:  # a skipped (non-finite) update
+                    continue
+                self.maybe_checkpoint(self.maybe_validate())
+        except Diverged as e:
+            return self._diverged(e.args[0])
+        self.tick_wall_time()
+        if self.stop.set and st.num_updates < max_update:
+            self.logger.message(f"{self.run_dir}: interrupted at update {st.num_updates}; checkpoint_last.pt saved, "
+                                "rerun to resume")
+            return self.write_summary("running")
+        return self._finish()
+
+    def _diverged(self, at: int) -> dict[str, Any]:
+        st = self.state
+        self.tick_wall_time()
+        self.logger.log({"split": "train", "update": st.num_updates, "event": "diverged", "diverged_at": at,
+                         "nonfinite": st.counters["nonfinite_total"]})
+        self.logger.message(f"{self.run_dir}: stopped at update {at} after {self.t.max_consecutive_nonfinite} "
+                            "consecutive non-finite losses/gradients: the run diverged (summary.json status=diverged)")
+        return self.write_summary("diverged", diverged_at=at, nonfinite_total=st.counters["nonfinite_total"])
+
+    def _finish(self) -> dict[str, Any]:
+        """Final validation and checkpoint (if the last update had none), BLEU of the eval splits, summary."""
+        st = self.state
+        if st.last_valid is None or st.saved_at != st.num_updates:  # resumed at the end, or stopped by max_epoch
+            self.validate()
+            self.checkpoint(best=st.last_valid["improved"])
+        extra = {"nonfinite_total": st.counters["nonfinite_total"]}
+        if self.main and self.t.get("bleu_at_end", True):
+            bleu = evaluate_bleu(self.raw_model, self.tok, self.data_dir, list(self.cfg.eval.splits), self.cfg.eval,
+                                 self.run_dir, self.device, max_sentences=None,
+                                 extra={"checkpoint": "checkpoint_last.pt", "update": st.num_updates})
+            extra["bleu"] = {k: v.get("bleu") for k, v in bleu.items()}
+            self.logger.log({"split": "test", "update": st.num_updates,
+                             **{f"bleu_{k}": v for k, v in extra["bleu"].items()}})
+        return self.write_summary("completed", **extra)
+
+    def close(self) -> None:
+        """Close the log files (wandb, progress bar) and restore the signal handlers."""
+        if self.stop is not None:
+            self.stop.restore()
+        if self.logger is not None:
+            self.logger.close()
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (or resume) the run configured by `cfg`; returns its summary (summary.json's content)."""
-    t = cfg.trainer
-    dist = D.init_distributed(t.device)
-    device, main = dist.device, dist.is_main
-    if t.get("num_threads"):
-        torch.set_num_threads(int(t.num_threads))
-    run_dir = Path(cfg.run_dir)
-    prev = _read_summary(run_dir)
-    if prev and (prev.get("status") == "diverged"
-                 or (prev.get("status") == "completed" and int(prev.get("updates", 0)) >= int(t.max_update))):
-        if main:
-            print(f"{run_dir}: already {prev['status']} at update {prev.get('updates')}; not retraining "
-                  f"(delete the directory, or raise trainer.max_update to continue a completed run)", flush=True)
-        D.cleanup()
-        return prev
-
-    # ------------------------------------------------------------------ data (rank 0 builds, others reuse)
-    if main:
-        data_dir = prepare(cfg.data)
-    D.barrier()
-    if not main:
-        data_dir = prepare(cfg.data)
-    data_dir = Path(data_dir).resolve()  # absolute in the checkpoint: evaluate.py may run from elsewhere
-    tok = load_tokenizer(data_dir)
-    train_set = TranslationDataset(data_dir, "train")
-    valid_set = TranslationDataset(data_dir, "valid")
-    sampler = TokenBatchSampler(train_set.src_lengths, train_set.tgt_lengths, int(t.max_tokens), seed=int(t.seed),
-                                shuffle=True, num_replicas=dist.world_size, rank=dist.rank)
-    valid_sampler = TokenBatchSampler(valid_set.src_lengths, valid_set.tgt_lengths, int(t.max_tokens), seed=int(t.seed),
-                                      shuffle=False, num_replicas=dist.world_size, rank=dist.rank)
-
-    # ------------------------------------------------------------------ model, optimizer, schedule
-    torch.manual_seed(int(t.seed))
-    model_args = dict(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=tok.vocab_size, pad_id=tok.pad_id)
-    raw_model = Transformer(TransformerConfig(**model_args)).to(device)
-    optimizer = instantiate(cfg.optim)(raw_model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, instantiate(cfg.schedule))
-    # dropout streams differ per rank; reseeding on rank 0 too keeps 1-process runs = rank 0 of N
-    torch.manual_seed(int(t.seed) + dist.rank)
-
-    num_updates, best_valid = 0, math.inf
-    counters = {"nonfinite_total": 0, "nonfinite_consecutive": 0, "train_tokens": 0, "train_time_s": 0.0,
-                "wall_time_s": 0.0}
-    resumed = find_resume_checkpoint(run_dir) if main else None
-    resumed_path = D.broadcast_object(str(resumed[1]) if resumed else None)
-    if resumed_path and not main:
-        resumed = find_resume_checkpoint(run_dir)  # every rank reads the file rank 0 found usable
-    if resumed:
-        state, path = resumed
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        sampler.load_state_dict(state["sampler"])
-        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
-        if len(rngs) != dist.world_size and main:
-            logger_warning = (f"{path} was written by {len(rngs)} process(es), this run has {dist.world_size}: "
-                              "RNG streams restart from rank 0's, so the resumed run is not bit-identical")
-            print(logger_warning, flush=True)
-        set_rng_state(rngs[dist.rank % len(rngs)])
-        num_updates = int(state["update"])
-        best_valid = float(state.get("best_valid_loss", math.inf))
-        counters.update({k: state["counters"][k] for k in counters if k in state.get("counters", {})})
-        del state
-    resolved = resolved_config(cfg)
-    # Which built data this run saw: the artifact's cache key and the sentencepiece model's sha256.
-    meta = load_meta(data_dir)
-    resolved["data_artifact"] = {"dir": str(data_dir), "key": meta.get("key"),
-                                 "spm_sha256": meta.get("spm", {}).get("sha256")}
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(resolved)))
-    commit = git_commit()
-
-    model = raw_model
-    if t.get("compile"):
-        model = torch.compile(model)
-    if dist.distributed:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    model.train()
-    autocast_dtype = _autocast_dtype(t.get("precision", "auto"), device)
-    peak = peak_flops(device, t.get("peak_flops"))
-    schedule_choice = _hydra_choice(cfg, "schedule")
-    logger = MetricsLogger(run_dir, enabled=main, wandb_cfg=OmegaConf.to_container(cfg.logger, resolve=True),
-                           run_name=f"{cfg.name}-{schedule_choice}", config=resolved,
-                           total_updates=int(t.max_update), start_update=num_updates)
-    if main:
-        logger.message(f"{run_dir}: {'resuming from ' + resumed_path if resumed_path else 'new run'} at update "
-                       f"{num_updates}; {raw_model.num_parameters():,} parameters; device {device}"
-                       f"{f' x{dist.world_size}' if dist.distributed else ''}; data {data_dir}")
-
-    def summary(status: str, valid: dict | None = None, **extra) -> dict[str, Any]:
-        s = {
-            "status": status, "diverged_at": None, "updates": num_updates,
-            "wall_time_s": round(counters["wall_time_s"], 3),
-            "tokens_per_s": counters["train_tokens"] / counters["train_time_s"] if counters["train_time_s"] else None,
-            "valid_loss": valid["loss"] if valid else (prev or {}).get("valid_loss"),
-            "valid_nll": valid["nll"] if valid else (prev or {}).get("valid_nll"),
-            "valid_ppl": valid["ppl"] if valid else (prev or {}).get("valid_ppl"),
-            "num_parameters": raw_model.num_parameters(),
-            "optimizer_state_bytes": optimizer_state_bytes(optimizer),
-            "optimizer_state_breakdown": optimizer_state_breakdown(optimizer),
-            "peak_memory_bytes": peak_memory_bytes(device),
-            "name": cfg.name, "schedule": schedule_choice, "scale": _hydra_choice(cfg, "scale") or cfg.get("scale_name"),
-        }
-        s.update(extra)
-        if main:
-            atomic_write_json(run_dir / SUMMARY, s)
-        return s
-
-    def checkpoint(periodic: bool = False, best: bool = False) -> None:
-        # every rank's RNG state (dropout streams differ per rank), gathered to rank 0
-        rngs = D.gather_object(rng_state())
-        if not main:
-            return
-        save_checkpoint({
-            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "sampler": sampler.state_dict(), "rng": rngs if dist.distributed else rngs[0], "update": num_updates,
-            "epoch": int(sampler.state_dict()["epoch"]), "config": resolved, "model_args": model_args,
-            "data_dir": str(data_dir), "git_commit": commit, "best_valid_loss": best_valid,
-            "counters": dict(counters), "world_size": dist.world_size,
-        }, run_dir, periodic=periodic, best=best, keep_last=int(t.keep_last))
-
-    def run_validation() -> dict:
-        nonlocal best_valid
-        v = validate(raw_model, valid_set, valid_sampler, device=device, autocast_dtype=autocast_dtype,
-                     label_smoothing=float(t.label_smoothing), tok=tok)
-        improved = v["loss"] < best_valid
-        best_valid = min(best_valid, v["loss"])
-        logger.log({"split": "valid", "update": num_updates, "epoch": epoch, **v, "best_loss": best_valid})
-        return {**v, "improved": improved}
-
-    summary("running")
-    stop = _StopFlag()
-    batches = _epoch_batches(sampler, train_set, tok.pad_id, tok.bos_id, tok.eos_id)
-    update_freq, max_update = int(t.update_freq), int(t.max_update)
-    max_epoch = int(t.max_epoch) if t.get("max_epoch") else None
-    last_valid, epoch, saved_at = None, int(sampler.state_dict()["epoch"]), num_updates if resumed_path else -1
-    win = {"loss": torch.zeros((), device=device), "nll": torch.zeros((), device=device),
-           "gnorm": torch.zeros((), device=device), "tokens": 0, "updates": 0, "time": 0.0, "flops": 0.0}
-    t_wall = time.perf_counter()
+    trainer = None
     try:
-        while num_updates < max_update and not stop.set:
-            t0 = time.perf_counter()
-            micro, flops = [], 0.0
-            for _ in range(update_freq):
-                epoch, b = next(batches)
-                # model FLOPs of the padded shapes (what the hardware computes), for MFU
-                flops += raw_model.training_flops(tuple(b["src_tokens"].shape), tuple(b["target"].shape))
-                micro.append(to_device(b, device))
-            if max_epoch is not None and epoch > max_epoch:  # the sampler counts epochs from 1
-                break
-            res = train_step(model, optimizer, micro, label_smoothing=float(t.label_smoothing), pad_id=tok.pad_id,
-                             clip_norm=float(t.clip_norm or 0.0), autocast_dtype=autocast_dtype,
-                             world_size=dist.world_size, scheduler=scheduler)
-            dt = time.perf_counter() - t0
-            counters["train_time_s"] += dt
-            counters["train_tokens"] += res.ntokens
-            if not res.finite:
-                counters["nonfinite_total"] += 1
-                counters["nonfinite_consecutive"] += 1
-                logger.message(f"update {num_updates + 1}: non-finite loss or gradient, step skipped "
-                               f"({counters['nonfinite_consecutive']} in a row, {counters['nonfinite_total']} in all)")
-                if counters["nonfinite_consecutive"] >= int(t.max_consecutive_nonfinite):
-                    raise Diverged(num_updates + 1)
-                continue
-            counters["nonfinite_consecutive"] = 0
-            num_updates += 1
-            logger.advance()
-            win["loss"] += res.loss_sum / max(res.ntokens, 1)
-            win["nll"] += res.nll_sum / max(res.ntokens, 1)
-            win["gnorm"] += res.gnorm
-            win["tokens"] += res.ntokens
-            win["updates"] += 1
-            win["time"] += dt
-            win["flops"] += flops
-
-            if num_updates % int(t.log_interval) == 0 or num_updates == max_update:
-                _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main)
-            do_val = num_updates % int(t.val_interval) == 0 or num_updates == max_update
-            do_save = num_updates % int(t.save_interval) == 0
-            improved = False
-            if do_val:
-                last_valid = run_validation()
-                improved = last_valid["improved"]
-            if int(t.get("bleu_interval") or 0) > 0 and num_updates % int(t.bleu_interval) == 0 and main:
-                b = evaluate_bleu(raw_model, tok, data_dir, ["valid"], cfg.eval, None, device,
-                                  max_sentences=cfg.eval.get("max_sentences"))
-                logger.log({"split": "valid", "update": num_updates, "bleu": b["valid"]["bleu"],
-                            "bleu_sentences": b["valid"]["sentences"]})
-            if dist.distributed:  # a signal may reach the ranks at different updates: stop together
-                flag = torch.tensor([float(stop.set)], device=device)
-                stop.set = bool(D.all_reduce_sum(flag).item())
-            if do_val or do_save or num_updates == max_update or stop.set:
-                counters["wall_time_s"] += time.perf_counter() - t_wall
-                t_wall = time.perf_counter()
-                checkpoint(periodic=do_save, best=improved)
-                saved_at = num_updates
-    except Diverged as e:
-        counters["wall_time_s"] += time.perf_counter() - t_wall
-        msg = (f"{run_dir}: stopped at update {e.args[0]} after {t.max_consecutive_nonfinite} consecutive "
-               f"non-finite losses/gradients: the run diverged (summary.json status=diverged)")
-        logger.log({"split": "train", "update": num_updates, "event": "diverged", "diverged_at": e.args[0],
-                    "nonfinite": counters["nonfinite_total"]})
-        logger.message(msg)
-        logger.close()
-        stop.restore()
-        s = summary("diverged", last_valid, diverged_at=e.args[0], nonfinite_total=counters["nonfinite_total"])
-        D.cleanup()
-        return s
-    except BaseException:  # a crash or Ctrl-C: close the log files (wandb, progress bar) and re-raise
-        logger.close()
-        raise
+        trainer = Trainer(cfg)
+        if trainer.finished_before():
+            prev = trainer.prev
+            if trainer.main:
+                print(f"{trainer.run_dir}: already {prev['status']} at update {prev.get('updates')}; not retraining "
+                      f"(delete the directory, or raise trainer.max_update to continue a completed run)", flush=True)
+            return prev
+        trainer.setup()
+        return trainer.fit()
     finally:
-        stop.restore()
-
-    counters["wall_time_s"] += time.perf_counter() - t_wall
-    if stop.set and num_updates < max_update:
-        logger.message(f"{run_dir}: interrupted at update {num_updates}; checkpoint_last.pt saved, rerun to resume")
-        logger.close()
-        s = summary("running", last_valid)
-        D.cleanup()
-        return s
-    if last_valid is None or saved_at != num_updates:  # resumed at the end, or stopped by max_epoch
-        last_valid = run_validation()
-        checkpoint(best=last_valid["improved"])
-    extra = {"nonfinite_total": counters["nonfinite_total"]}
-    if main and t.get("bleu_at_end", True):
-        bleu = evaluate_bleu(raw_model, tok, data_dir, list(cfg.eval.splits), cfg.eval, run_dir, device,
-                             max_sentences=None, extra={"checkpoint": "checkpoint_last.pt", "update": num_updates})
-        extra["bleu"] = {k: v.get("bleu") for k, v in bleu.items()}
-        logger.log({"split": "test", "update": num_updates, **{f"bleu_{k}": v for k, v in extra["bleu"].items()}})
-    logger.close()
-    s = summary("completed", last_valid, **extra)
-    D.cleanup()
-    return s
+        if trainer is not None:
+            trainer.close()
+        D.cleanup()  # the process group goes with the run, a crash included
 
 
 def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main):
     """One record per log_interval; the only place device scalars are read back (one sync)."""
-    n = max(win["updates"], 1)
+    n = max(win.updates, 1)
     stats = {}
     if hasattr(optimizer, "stats"):
         st = optimizer.stats()
         keys = list(st)
         vals = torch.stack([st[k].float().to(device) for k in keys]).tolist() if keys else []
         stats = {f"optim_{k}": v for k, v in zip(keys, vals)}
-    loss, nll, gnorm = (torch.stack((win["loss"], win["nll"], win["gnorm"])) / n).tolist()
-    tps = win["tokens"] / win["time"] if win["time"] else None
+    loss, nll, gnorm = (torch.stack((win.loss, win.nll, win.gnorm)) / n).tolist()
+    tps = win.tokens / win.time if win.time else None
     rec = {
         "split": "train", "update": num_updates, "epoch": epoch, "loss": loss, "nll": nll,
         "ppl": math.exp(min(nll, 100.0)), "lr": scheduler.get_last_lr()[0], "gnorm": gnorm,
-        "tokens_per_s": tps, "mfu": (win["flops"] / win["time"] / peak) if (peak and win["time"]) else None,  # this rank's
+        "tokens_per_s": tps, "mfu": (win.flops / win.time / peak) if (peak and win.time) else None,  # this rank's
         "nonfinite": counters["nonfinite_total"], "peak_memory_bytes": peak_memory_bytes(device),
         **stats,
     }
@@ -388,7 +496,4 @@ def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, 
         rec["optimizer_state_bytes"] = optimizer_state_bytes(optimizer)
         rec["optimizer_state_breakdown"] = optimizer_state_breakdown(optimizer)
     logger.log(rec)
-    win["loss"].zero_()
-    win["nll"].zero_()
-    win["gnorm"].zero_()
-    win.update(tokens=0, updates=0, time=0.0, flops=0.0)
+    win.reset()

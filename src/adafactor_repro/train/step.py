@@ -38,6 +38,28 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return out
 
 
+def forward_loss(
+    model: torch.nn.Module,
+    batch: dict,
+    *,
+    label_smoothing: float,
+    pad_id: int = 0,
+    autocast_dtype: torch.dtype | None = None,
+    loss_fn=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(smoothed loss sum, NLL sum) of one batch: the forward shared by training and validation.
+
+    Logits of the non-pad target positions only: the output layer (~40% of the small model's FLOPs at
+    V=8k) and the loss skip padding.
+    """
+    loss_fn = loss_fn or label_smoothed_nll_loss  # looked up per call (tests substitute it)
+    mask = batch["target"].ne(pad_id)
+    device_type = batch["target"].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(batch["src_tokens"], batch["prev_output_tokens"], output_mask=mask)
+    return loss_fn(logits, batch["target"][mask], label_smoothing, pad_id)
+
+
 def train_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -53,10 +75,9 @@ def train_step(
 ) -> StepResult:
     """Accumulate gradients over `micro_batches` (already on the model's device), then step if finite.
 
-    One host synchronisation per update: the finite check (all ranks take the same decision because the
-    gradient norm and the loss sums are global).
+    Two host synchronisations per update: the finite check (all ranks take the same decision because the
+    gradient norm and the loss sums are global) and reading back the update's token count.
     """
-    loss_fn = loss_fn or label_smoothed_nll_loss  # looked up per call (tests substitute it)
     device = micro_batches[0]["target"].device
     ntok = torch.tensor(float(sum(int(b["ntokens"]) for b in micro_batches)), device=device)
     all_reduce_sum(ntok)
@@ -67,12 +88,8 @@ def train_step(
         # gradients are all-reduced on the last micro-batch only (DDP.no_sync on the others)
         sync_ctx = model.no_sync() if isinstance(model, DDP) and i < len(micro_batches) - 1 else contextlib.nullcontext()
         with sync_ctx:
-            # logits of the non-pad target positions only: the output layer (~40% of the small model's
-            # FLOPs at V=8k) and the loss skip padding
-            mask = b["target"].ne(pad_id)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(b["src_tokens"], b["prev_output_tokens"], output_mask=mask)
-            loss, nll = loss_fn(logits, b["target"][mask], label_smoothing, pad_id)
+            loss, nll = forward_loss(model, b, label_smoothing=label_smoothing, pad_id=pad_id,
+                                     autocast_dtype=autocast_dtype, loss_fn=loss_fn)
             (loss * scale).backward()
         sums += torch.stack((loss.detach(), nll))
     all_reduce_sum(sums)
@@ -80,7 +97,7 @@ def train_step(
     params = [p for p in model.parameters() if p.grad is not None]
     grads = [p.grad for p in params]
     gnorm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
-    finite = bool(torch.isfinite(torch.cat((sums, gnorm.reshape(1)))).all())  # the one host sync
+    finite = bool(torch.isfinite(torch.cat((sums, gnorm.reshape(1)))).all())  # host sync
     if finite:
         if clip_norm and clip_norm > 0:
             torch.nn.utils.clip_grads_with_norm_(params, clip_norm, gnorm, foreach=True)
