@@ -21,7 +21,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..data import TokenBatchSampler, TranslationDataset, collate, load_meta, load_tokenizer, prepare
+from ..data import (TokenBatchSampler, TranslationDataset, collate, load_meta, load_tokenizer, prepare,
+                    update_budget)
+from ..data.loader import EpochBatches
 from ..model import Transformer, TransformerConfig
 from ..optim import optimizer_state_breakdown, optimizer_state_bytes
 from . import distributed as D
@@ -82,18 +84,6 @@ def _read_summary(run_dir: Path) -> dict | None:
         return None
 
 
-def _epoch_batches(sampler, dataset, pad_id, bos_id, eos_id):
-    """(epoch, batch) forever, epoch after epoch; the sampler resumes mid-epoch from its state."""
-    while True:
-        epoch = sampler.state_dict()["epoch"]
-        if sampler.state_dict()["position"] >= len(sampler):  # saved right after an epoch's last batch
-            epoch += 1
-            sampler.set_epoch(epoch)
-        for idx in sampler:
-            yield epoch, collate([dataset[i] for i in idx], pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
-        sampler.set_epoch(epoch + 1)
-
-
 @torch.no_grad()
 def validate(model, dataset, sampler, *, device, autocast_dtype, label_smoothing, tok) -> dict[str, float]:
     """Per-token smoothed loss and NLL (nats) over this split, summed over ranks; ppl = exp(nll)."""
@@ -115,10 +105,16 @@ def validate(model, dataset, sampler, *, device, autocast_dtype, label_smoothing
 
 
 class _StopFlag:
-    """SIGTERM/SIGUSR1 (SLURM preemption, scancel): finish the update, save checkpoint_last.pt, exit."""
+    """SIGTERM/SIGUSR1 (SLURM preemption, scancel): finish the update, save checkpoint_last.pt, exit.
 
-    def __init__(self):
-        self.set = False
+    `requested`: this process got a signal. `set`: the run stops after this update. Alone, a request stops
+    at once; under DDP every rank must stop after the same update, so `set` is what the ranks agreed on
+    (the loop passes `requested` through train_step's one host sync), and a request arriving mid-update
+    waits for the next one instead of being lost."""
+
+    def __init__(self, solo: bool = True):
+        self.set = self.requested = False
+        self.solo = solo
         self._old = {}
         for s in (signal.SIGTERM, signal.SIGUSR1):
             try:
@@ -127,7 +123,9 @@ class _StopFlag:
                 pass
 
     def _handler(self, signum, frame):
-        self.set = True
+        self.requested = True
+        if self.solo:
+            self.set = True
 
     def restore(self):
         for s, h in self._old.items():
@@ -174,7 +172,7 @@ class Trainer:
         self.t = t
         self.logger: MetricsLogger | None = None
         self.stop: _StopFlag | None = None
-        self.dist = D.init_distributed(t.device)
+        self.dist = D.init_distributed(t.device, t.get("dist_timeout_min"))
         self.device, self.main = self.dist.device, self.dist.is_main
         if t.get("num_threads"):
             torch.set_num_threads(int(t.num_threads))
@@ -190,18 +188,17 @@ class Trainer:
 
     def setup(self) -> None:
         cfg, t, dist, device, main = self.cfg, self.t, self.dist, self.device, self.main
-        # -------------------------------------------------------------- data (rank 0 builds, others reuse)
-        if main:
-            data_dir = prepare(cfg.data)
-        D.barrier()
-        if not main:
-            data_dir = prepare(cfg.data)
-        self.data_dir = data_dir = Path(data_dir).resolve()  # absolute: evaluate.py may run from elsewhere
+        # -------------------------------------------------------------- data
+        # Every rank calls prepare(): the first to take its file lock builds, the others wait on the lock
+        # (not in a collective, which would time out while WMT14 builds) and then reuse the build.
+        self.data_dir = data_dir = Path(prepare(cfg.data)).resolve()  # absolute: evaluate.py may run elsewhere
         self.tok = tok = load_tokenizer(data_dir)
         self.train_set = TranslationDataset(data_dir, "train")
         self.valid_set = TranslationDataset(data_dir, "valid")
-        self.sampler = TokenBatchSampler(self.train_set.src_lengths, self.train_set.tgt_lengths, int(t.max_tokens),
-                                         seed=int(t.seed), shuffle=True, num_replicas=dist.world_size, rank=dist.rank)
+        self.max_tokens, self.update_freq = self._batch_plan()
+        self.sampler = TokenBatchSampler(self.train_set.src_lengths, self.train_set.tgt_lengths, self.max_tokens,
+                                         seed=int(t.seed), shuffle=True, num_replicas=dist.world_size, rank=dist.rank,
+                                         budget=t.get("batch_budget") or "padded")
         self.valid_sampler = TokenBatchSampler(self.valid_set.src_lengths, self.valid_set.tgt_lengths,
                                                int(t.max_tokens), seed=int(t.seed), shuffle=False,
                                                num_replicas=dist.world_size, rank=dist.rank)
@@ -234,10 +231,10 @@ class Trainer:
         self.commit = git_commit()
 
         model = self.raw_model
-        if t.get("compile"):
-            model = torch.compile(model)
         if dist.distributed:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if t.get("compile"):  # after DDP: its graph breaks at the gradient buckets, so all-reduce overlaps backward
+            model = torch.compile(model)
         model.train()
         self.model = model
         self.autocast_dtype = _autocast_dtype(t.get("precision", "auto"), device)
@@ -250,13 +247,29 @@ class Trainer:
             self.logger.message(
                 f"{self.run_dir}: {'resuming from ' + self.resumed_path if self.resumed_path else 'new run'} at update "
                 f"{self.state.num_updates}; {self.raw_model.num_parameters():,} parameters; device {device}"
-                f"{f' x{dist.world_size}' if dist.distributed else ''}; data {data_dir}")
+                f"{f' x{dist.world_size}' if dist.distributed else ''}; batches of {self.max_tokens} "
+                f"{t.get('batch_budget') or 'padded'} tokens x update_freq {self.update_freq}"
+                f"{f' x {dist.world_size} ranks' if dist.distributed else ''} per update; data {data_dir}")
         self.state.epoch = int(self.sampler.state_dict()["epoch"])
         self.state.saved_at = self.state.num_updates if self.resumed_path else -1
-        self.batches = _epoch_batches(self.sampler, self.train_set, tok.pad_id, tok.bos_id, tok.eos_id)
+        self.batches = EpochBatches(self.train_set, self.sampler, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                                    eos_id=tok.eos_id, num_workers=int(t.get("num_workers") or 0),
+                                    pin_memory=device.type == "cuda")
         self.window = _Window(device)
         self.write_summary("running")
-        self.stop = _StopFlag()
+        self.stop = _StopFlag(solo=not dist.distributed)
+
+    def _batch_plan(self) -> tuple[int, int]:
+        """(this rank's batch budget, update_freq). With trainer.tokens_per_update the global batch is the
+        invariant: the world size divides it (data.batching.update_budget), refusing where it cannot."""
+        t, world = self.t, self.dist.world_size
+        if not t.get("tokens_per_update"):
+            return int(t.max_tokens), int(t.update_freq)
+        if int(t.update_freq) != 1:
+            raise ValueError(f"trainer.tokens_per_update={t.tokens_per_update} and trainer.update_freq="
+                             f"{t.update_freq} both set the batch: keep tokens_per_update (the loop derives "
+                             "update_freq from the world size) and drop update_freq")
+        return update_budget(int(t.tokens_per_update), int(t.max_tokens), world)
 
     def _load(self, ckpt: dict, path: Path) -> None:
         self.raw_model.load_state_dict(ckpt["model"])
@@ -280,7 +293,7 @@ class Trainer:
         t, st, c = self.t, self.state, self.state.counters
         t0 = time.perf_counter()
         micro, flops = [], 0.0
-        for _ in range(int(t.update_freq)):
+        for _ in range(self.update_freq):
             st.epoch, b = next(self.batches)
             # model FLOPs of the padded shapes (what the hardware computes), for MFU
             flops += self.raw_model.training_flops(tuple(b["src_tokens"].shape), tuple(b["target"].shape))
@@ -290,7 +303,9 @@ class Trainer:
         res = S.train_step(self.model, self.optimizer, micro, label_smoothing=float(t.label_smoothing),
                            pad_id=self.tok.pad_id, clip_norm=float(t.clip_norm or 0.0),
                            autocast_dtype=self.autocast_dtype, world_size=self.dist.world_size,
-                           scheduler=self.scheduler)
+                           scheduler=self.scheduler, stop=self.stop.requested)
+        if self.dist.distributed:  # a signal on any rank stops every rank after this update
+            self.stop.set = res.stop
         dt = time.perf_counter() - t0
         c["train_time_s"] += dt
         c["train_tokens"] += res.ntokens
@@ -337,19 +352,18 @@ class Trainer:
         improved = False
         if n % int(t.val_interval) == 0 or n == int(t.max_update):
             improved = self.validate()["improved"]
-        if int(t.get("bleu_interval") or 0) > 0 and n % int(t.bleu_interval) == 0 and self.main:
+        if int(t.get("bleu_interval") or 0) > 0 and n % int(t.bleu_interval) == 0:
+            # every rank decodes its shard (no rank idles in a collective while rank 0 decodes); rank 0 scores
             b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.cfg.eval, None, self.device,
-                              max_sentences=self.cfg.eval.get("max_sentences"))
-            self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
-                             "bleu_sentences": b["valid"]["sentences"]})
+                              max_sentences=self.cfg.eval.get("max_sentences"), sharded=True)
+            if self.main:
+                self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
+                                 "bleu_sentences": b["valid"]["sentences"]})
         return improved
 
     def maybe_checkpoint(self, improved: bool) -> None:
         """checkpoint_last.pt after each validation, periodic save, the last update and a stop signal."""
         t, n = self.t, self.state.num_updates
-        if self.dist.distributed:  # a signal may reach the ranks at different updates: stop together
-            flag = torch.tensor([float(self.stop.set)], device=self.device)
-            self.stop.set = bool(D.all_reduce_sum(flag).item())
         validated = n % int(t.val_interval) == 0 or n == int(t.max_update)
         periodic = n % int(t.save_interval) == 0
         if validated or periodic or n == int(t.max_update) or self.stop.set:
@@ -365,9 +379,10 @@ class Trainer:
             return
         save_checkpoint({
             "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+            # the batches the loop consumed, not the DataLoader workers' read-ahead
+            "scheduler": self.scheduler.state_dict(), "sampler": self.batches.state_dict(),
             "rng": rngs if self.dist.distributed else rngs[0], "update": st.num_updates,
-            "epoch": int(self.sampler.state_dict()["epoch"]), "config": self.resolved, "model_args": self.model_args,
+            "epoch": int(self.batches.state_dict()["epoch"]), "config": self.resolved, "model_args": self.model_args,
             "data_dir": str(self.data_dir), "git_commit": self.commit, "best_valid_loss": st.best_valid,
             "counters": dict(st.counters), "world_size": self.dist.world_size,
         }, self.run_dir, periodic=periodic, best=best, keep_last=int(self.t.keep_last))
@@ -475,19 +490,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main):
-    """One record per log_interval; the only place device scalars are read back (one sync)."""
+    """One record per log_interval; the only place device scalars are read back: one host sync for the
+    window's sums and the optimizer's statistics together."""
     n = max(win.updates, 1)
-    stats = {}
-    if hasattr(optimizer, "stats"):
-        st = optimizer.stats()
-        keys = list(st)
-        vals = torch.stack([st[k].float().to(device) for k in keys]).tolist() if keys else []
-        stats = {f"optim_{k}": v for k, v in zip(keys, vals)}
-    loss, nll, gnorm = (torch.stack((win.loss, win.nll, win.gnorm)) / n).tolist()
+    st = optimizer.stats() if hasattr(optimizer, "stats") else {}
+    keys = list(st)
+    vals = torch.cat([torch.stack((win.loss, win.nll, win.gnorm)) / n,
+                      *[st[k].float().to(device).reshape(1) for k in keys]]).tolist()
+    (loss, nll, gnorm), stats = vals[:3], {f"optim_{k}": v for k, v in zip(keys, vals[3:])}
     tps = win.tokens / win.time if win.time else None
     rec = {
         "split": "train", "update": num_updates, "epoch": epoch, "loss": loss, "nll": nll,
         "ppl": math.exp(min(nll, 100.0)), "lr": scheduler.get_last_lr()[0], "gnorm": gnorm,
+        "tokens_per_update": win.tokens / n,  # target tokens, all ranks
         "tokens_per_s": tps, "mfu": (win.flops / win.time / peak) if (peak and win.time) else None,  # this rank's
         "nonfinite": counters["nonfinite_total"], "peak_memory_bytes": peak_memory_bytes(device),
         **stats,
