@@ -1,0 +1,1 @@
+"""Measurement helpers shared by the benchmark scripts and the GPU check (scripts/bench_*.py, scripts/gpu_check.py)."""
