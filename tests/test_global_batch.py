@@ -39,7 +39,7 @@ TINY = ["data.spm.vocab_size=48", "data.num_workers=1", "model.d_model=32", "mod
         "model.activation_dropout=0", "trainer.tokens_per_update=256", "trainer.max_tokens=128",
         "trainer.batch_budget=real", "trainer.max_update=6", "trainer.log_interval=1", "trainer.val_interval=6",
         "trainer.save_interval=6", "trainer.num_threads=1", "trainer.bleu_at_end=false", "logger.mode=disabled",
-        "optim=adafactor"]
+        "optim=adafactor", "trainer.bleu_interval=3", "eval.max_sentences=5", "eval.beam=2", "eval.max_len_b=8"]
 
 
 def _train(tmp_path, corpus, name, nproc):
@@ -53,6 +53,8 @@ def _train(tmp_path, corpus, name, nproc):
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    # periodic BLEU: under DDP each rank decodes a shard, rank 0 scores all of them
+    assert [(r["update"], r["bleu_sentences"]) for r in recs if "bleu" in r] == [(3, 5), (6, 5)]
     return [r for r in recs if r["split"] == "train"], p.stdout + p.stderr
 
 
