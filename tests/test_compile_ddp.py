@@ -10,13 +10,12 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
+from test_ddp import _batch, _model
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from adafactor_repro.train import distributed as D
 from adafactor_repro.train import loop as L
 from adafactor_repro.train import step as S
-from test_ddp import _batch, _model
-from test_train_e2e import make_cfg
 
 
 @pytest.fixture
@@ -31,12 +30,12 @@ def one_rank_group():
         dist.destroy_process_group()
 
 
-def test_trainer_compiles_the_ddp_module(tmp_path, monkeypatch, one_rank_group):
+def test_trainer_compiles_the_ddp_module(make_cfg, monkeypatch, one_rank_group):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or m)
     monkeypatch.setattr(L.D, "init_distributed", lambda *a, **k: D.DistInfo(0, 2, 0, torch.device("cpu")))
     monkeypatch.setattr(L.D, "cleanup", lambda: None)
-    trainer = L.Trainer(make_cfg(tmp_path, "trainer.compile=true"))
+    trainer = L.Trainer(make_cfg("trainer.compile=true"))
     try:
         trainer.setup()
     finally:

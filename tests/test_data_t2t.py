@@ -22,7 +22,7 @@ def test_wmt14_t2t_config_names_the_t2t_hub_corpus(repo_root):
 def test_wmt14_t2t_builds_from_a_local_copy_of_the_hub_layout(tmp_path):
     splits = _hub_fixture(tmp_path / "wmt_t2t", "wmt")
     cfg = dict(data_config("wmt14_t2t"), hub_path=str(tmp_path / "wmt_t2t"), root=str(tmp_path / "data"),
-               num_workers=1, spm={"model_type": "unigram", "vocab_size": 120, "input_sentence_size": 5000,
+               num_workers=1, min_eval_pairs=1, spm={"model_type": "unigram", "vocab_size": 120, "input_sentence_size": 5000,
                                    "character_coverage": 1.0, "hard_vocab_limit": False})
     out = prepare(cfg)
     meta = load_meta(out)

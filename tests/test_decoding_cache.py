@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_model import batch, tiny_cfg
 
 from adafactor_repro.evaluate import beam_search
 from adafactor_repro.evaluate.beam import autocast_dtype
 from adafactor_repro.model import Transformer, TransformerConfig
-from test_model import batch, tiny_cfg
 
 
 @pytest.mark.parametrize("capacity", [None, 3, 8])

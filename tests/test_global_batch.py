@@ -34,7 +34,7 @@ def test_cpu_scale_keeps_its_padded_per_process_batch(repo_root):
     assert t.tokens_per_update is None and t.batch_budget == "padded" and t.num_workers == 0
 
 
-TINY = ["data.spm.vocab_size=48", "data.num_workers=1", "model.d_model=32", "model.n_heads=2", "model.ffn_dim=64",
+TINY = ["data.spm.vocab_size=48", "data.num_workers=1", "data.min_eval_pairs=1", "model.d_model=32", "model.n_heads=2", "model.ffn_dim=64",
         "model.encoder_layers=1", "model.decoder_layers=1", "model.dropout=0", "model.attention_dropout=0",
         "model.activation_dropout=0", "trainer.tokens_per_update=256", "trainer.max_tokens=128",
         "trainer.batch_budget=real", "trainer.max_update=6", "trainer.log_interval=1", "trainer.val_interval=6",
@@ -60,9 +60,9 @@ def _train(tmp_path, corpus, name, nproc):
 
 @pytest.mark.slow
 def test_two_processes_train_on_the_tokens_per_update_of_one(tmp_path):
-    from test_train_e2e import write_corpus
+    from conftest import write_toy_corpus
 
-    corpus = write_corpus(tmp_path / "corpus", n_train=224)
+    corpus = write_toy_corpus(tmp_path / "corpus", n_train=224)
     one, log1 = _train(tmp_path, corpus, "one", 1)
     two, log2 = _train(tmp_path, corpus, "two", 2)
     # an even number of batches per epoch, so 2 ranks need not split one: both runs cut the same batches

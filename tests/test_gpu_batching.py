@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_batching import _lengths
 
 from adafactor_repro.data import TokenBatchSampler, collate, update_budget
 from adafactor_repro.data.loader import EpochBatches
-from test_batching import _lengths
 
 
 class _Pairs:

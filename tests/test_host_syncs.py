@@ -13,7 +13,6 @@ from adafactor_repro.model import Transformer, TransformerConfig
 from adafactor_repro.train import distributed as D
 from adafactor_repro.train.loop import Trainer
 from adafactor_repro.train.step import forward_loss
-from test_train_e2e import make_cfg
 
 
 def test_counter_sees_item_tolist_nonzero_and_mask_indexing():
@@ -47,8 +46,8 @@ def test_packed_targets_remove_the_syncs_of_the_masked_forward():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optim", ["adafactor", "adam"])
-def test_training_step_syncs_once_per_update_and_logs_once_per_interval(tmp_path, optim):
-    cfg = make_cfg(tmp_path, f"optim={optim}", "trainer.log_interval=4", "trainer.max_update=12",
+def test_training_step_syncs_once_per_update_and_logs_once_per_interval(make_cfg, optim):
+    cfg = make_cfg(f"optim={optim}", "trainer.log_interval=4", "trainer.max_update=12",
                    "trainer.val_interval=1000", "trainer.save_interval=1000", "trainer.update_freq=2")
     trainer = Trainer(cfg)
     # Host-only reads: the DataLoader's worker seed (a CPU generator, once per epoch) and, for Adam,

@@ -9,13 +9,12 @@ from types import SimpleNamespace
 from adafactor_repro.data import load_tokenizer, prepare
 from adafactor_repro.model import Transformer, TransformerConfig
 from adafactor_repro.train import evaluation as E
-from test_train_e2e import make_cfg
 
 
-def test_sharded_decoding_reassembles_the_unsharded_hypotheses(tmp_path, monkeypatch):
+def test_sharded_decoding_reassembles_the_unsharded_hypotheses(tmp_path, make_cfg, monkeypatch):
     import torch
 
-    cfg = make_cfg(tmp_path)
+    cfg = make_cfg()
     data_dir = prepare(cfg.data)
     tok = load_tokenizer(data_dir)
     torch.manual_seed(0)
