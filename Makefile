@@ -73,8 +73,11 @@ bench-data: $(STAMP) ## Encode throughput, scaling, padding efficiency, peak mem
 bench-train: $(STAMP) ## Training tokens/s and beam search vs a MarianMTModel of the same size
 	$(PY) scripts/bench_train.py $(ARGS)
 
+gpu-check: $(STAMP) ## One GPU, <= 8 min: optimizer step, tokens/s + MFU, host syncs, a short run + BLEU -> results/gpu/check.md
+	$(PY) scripts/gpu_check.py $(ARGS)
+
 clean: ## Remove caches (keeps .venv, data/ and runs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install test lint data train evaluate reproduce tabulate bench bench-optim bench-data bench-train clean
+.PHONY: help install test lint data train evaluate reproduce tabulate bench bench-optim bench-data bench-train gpu-check clean
