@@ -65,7 +65,7 @@ def cfg_for(local_dir, root, **over):
         "clean": {"max_len": 30, "max_ratio": 3.0},
         "spm": {"model_type": "unigram", "vocab_size": 120, "input_sentence_size": 5000,
                 "character_coverage": 1.0, "hard_vocab_limit": False},
-        "seed": 1, "root": str(root), "num_workers": 2,
+        "seed": 1, "root": str(root), "num_workers": 1,  # in-process: forking a pool per test is slow
     }
     for k, v in over.items():
         cfg[k] = v
@@ -92,10 +92,11 @@ def corpus(tmp_path):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """One build shared by the read-only tests (sentencepiece training is the slow part)."""
+    """One build shared by the read-only tests (sentencepiece training is the slow part); with a pool of
+    two encode workers, so that the path of a real build is the one these tests check."""
     tmp = tmp_path_factory.mktemp("built")
     train, dev = write_corpus(tmp / "corpus")
-    cfg = cfg_for(tmp / "corpus", tmp / "data")
+    cfg = cfg_for(tmp / "corpus", tmp / "data", num_workers=2)
     return prepare(cfg), cfg, train, dev
 
 
@@ -164,7 +165,7 @@ def test_reuse_and_rebuild_on_change(corpus, tmp_path, monkeypatch):
     import adafactor_repro.data.build as P
 
     monkeypatch.setattr(P, "_build", lambda *a, **k: pytest.fail("rebuilt an unchanged config"))
-    cfg_other_workers = dict(cfg, num_workers=1)  # not part of the key
+    cfg_other_workers = dict(cfg, num_workers=3)  # not part of the key
     assert prepare(cfg_other_workers) == first
     assert (first / "meta.json").stat().st_mtime_ns == stamp
     monkeypatch.undo()

@@ -38,7 +38,7 @@ from .sources import (
     resolve_sources,
     subset_mask_indices,
 )
-from .tokenizer import SPM_MODEL, sha256_of, train_spm
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPM_MODEL, UNK_ID, sha256_of, train_spm
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -212,7 +212,7 @@ def _build(cfg: dict, sources: dict[str, SplitSource], out: Path, key: str) -> d
                     "hub_revision": cfg.get("hub_revision")}),
         "inputs": {s: src.fingerprint for s, src in sources.items()},
         "spm": {**spm_cfg, "sha256": sha256_of(model), "vocab_size_actual": vocab_size,
-                "train_lines": n_lines, "special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 3}},
+                "train_lines": n_lines, "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}},
         "dtype": np.dtype(dtype).name,
         "subset": subset,
         "clean": clean,

@@ -49,7 +49,6 @@ def evaluate_bleu(
     splits: list[str],
     eval_cfg: EvalConfig,
     out_dir: str | Path | None,
-    device: torch.device | str | None = None,
     max_sentences: int | None = None,
     tag: str = "",
     extra: dict[str, Any] | None = None,
@@ -159,6 +158,6 @@ def evaluate_checkpoint(args: EvaluateArgs) -> tuple[dict[str, dict[str, Any]], 
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = "" if ckpt.name == "checkpoint_last.pt" else f"@{ckpt.stem}"
     results = evaluate_bleu(model, tokenizer, args.data_dir or state["data_dir"], eval_cfg.splits, eval_cfg, out_dir,
-                            device, max_sentences=eval_cfg.max_sentences, tag=tag,
+                            max_sentences=eval_cfg.max_sentences, tag=tag,
                             extra={"checkpoint": str(ckpt), "update": int(state["update"])})
     return results, {"checkpoint": ckpt, "update": state["update"], "eval": eval_cfg, "out_dir": out_dir}

@@ -424,7 +424,7 @@ class Trainer:
             improved = self.validate()["improved"]
         if t.bleu_interval > 0 and n % t.bleu_interval == 0:
             # every rank decodes its shard (no rank idles in a collective while rank 0 decodes); rank 0 scores
-            b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.eval_cfg, None, self.device,
+            b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.eval_cfg, None,
                               max_sentences=self.eval_cfg.max_sentences, sharded=True)
             if self.main:
                 self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
@@ -528,7 +528,7 @@ class Trainer:
         extra = {"nonfinite_total": st.counters["nonfinite_total"]}
         if self.main and self.t.bleu_at_end:
             bleu = evaluate_bleu(self.raw_model, self.tok, self.data_dir, self.eval_cfg.splits, self.eval_cfg,
-                                 self.run_dir, self.device, max_sentences=None,
+                                 self.run_dir, max_sentences=None,
                                  extra={"checkpoint": "checkpoint_last.pt", "update": st.num_updates})
             extra["bleu"] = {k: v.get("bleu") for k, v in bleu.items()}
             self.logger.log({"split": "test", "update": st.num_updates,
