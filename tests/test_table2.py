@@ -175,6 +175,9 @@ def test_a_disagreement_is_reported_as_one(tmp_path, repo_root):
     _run(root, repo_root, "H", "no_warmup", 1, bleu=0.3)  # the paper: 21.5 (trains)
     rows = T.summarize(find_runs(root))["rows"]
     assert [r["agrees"] for r in rows] == ["yes", "no"]
+    # the side-by-side layout: one line per row, the paper's number beside ours, the disagreement marked
+    (line,) = [ln for ln in T.to_wide_markdown(rows).splitlines() if ln.startswith("| H ")]
+    assert "| 25.4 | 20.00 (n=1) trains | 21.5 | 0.30 (n=1) collapsed **≠** |" in line
 
 
 def test_figure1_from_logged_rms_u(tmp_path, repo_root):

@@ -177,6 +177,33 @@ def to_markdown(rows: list[dict[str, str]], cells: list[Cell]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def to_wide_markdown(rows: list[dict[str, str]]) -> str:
+    """The paper's layout: one line per row, the warmup and no-warmup cells side by side, ours as
+    mean ± sd (n) with the verdict, the paper's number beside each."""
+    by = {(r["row"], r["schedule"]): r for r in rows}
+
+    def ours(r: dict[str, str] | None) -> str:
+        if r is None:
+            return "not run yet"
+        sd = f" ± {r['bleu_sd']}" if r["bleu_sd"] != "-" else ""
+        mark = "" if r["agrees"] in ("yes", "-") else " **≠**"
+        return f"{r['bleu_mean']}{sd} (n={r['n_seeds']}) {r['verdict']}{mark}"
+
+    head = ["row", "factored", "β1", "β2", "d", "step", "paper, warmup", "ours, warmup", "paper, no warmup",
+            "ours, no warmup"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    paper = paper_table()
+    for row in ROWS:
+        w, nw = by.get((row, "warmup")), by.get((row, "no_warmup"))
+        if w is None and nw is None:
+            continue
+        p = paper[(row, "warmup")]
+        lines.append("| " + " | ".join([
+            row, p["factored"], p["beta1"] or "-", p["beta2"] or "-", p["clip_d"] or "-", p["step"],
+            p["bleu"], ours(w), paper[(row, "no_warmup")]["bleu"], ours(nw)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def to_csv(rows: list[dict[str, str]]) -> str:
     import io
 
