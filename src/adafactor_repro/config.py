@@ -90,6 +90,8 @@ class LoggerConfig:
     project: str = MISSING
     entity: str | None = MISSING
     tags: list[str] = field(default_factory=lambda: MISSING)
+    # parameter names whose RMS(U) is logged as optim_rms_u/<name> (the paper's Figure 1)
+    track_rms_u: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in ("offline", "online", "disabled"):
@@ -101,8 +103,10 @@ def typed(node: Any, schema: type[T], group: str) -> T:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
         msg = str(e).splitlines()[0]
-        raise ConfigError(f"{group} config: {msg} (see configs/{group}/default.yaml for the keys and types)") from None
+        raise ConfigError(f"{group}.{key}: {msg} (see configs/{group}/default.yaml for the keys and types)"
+                          if key else f"{group}: {msg} (see configs/{group}/default.yaml)") from None
 
 
 def config_root() -> Path:

@@ -21,6 +21,8 @@ import warnings
 
 import numpy as np
 
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID
+
 BUDGETS = ("padded", "real")
 
 
@@ -201,7 +203,7 @@ class TokenBatchSampler:
         self.epoch, self.position = int(state["epoch"]), position
 
 
-def collate(samples, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3) -> dict:
+def collate(samples, pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> dict:
     """`src_tokens` = ids + eos, `prev_output_tokens` = bos + ids, `target` = ids + eos; right-padded.
 
     The non-pad target positions are known here, on the host, so they travel with the batch: `target_index`

@@ -130,6 +130,8 @@ class Adafactor(Optimizer):
         super().__init__(params, defaults)
         self._scratch: dict[torch.device, torch.Tensor] = {}
         self._stats: dict[str, torch.Tensor] = {}
+        self._rms_u: torch.Tensor | None = None
+        self._rms_index: dict[torch.Tensor, int] = {}
 
     # ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -260,6 +262,7 @@ class Adafactor(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         rms_parts, alpha_parts, clip_parts, beta2_all = [], [], [], []
+        rms_owner: list[torch.Tensor] = []  # the parameter of each entry of cat(rms_parts), for rms_u()
         for group in self.param_groups:
             beta2_at: dict[int, float] = {}  # all tensors of a group usually share t: compute beta2t once
             fused_p, fused_s, fused_b = [], [], []
@@ -287,10 +290,12 @@ class Adafactor(Optimizer):
                     fused_b.append(beta2t)
                 else:
                     rms, alpha = self._eager(p, state, group, beta2t)
+                    rms_owner.append(p)
                     rms_parts.append(rms.reshape(1))
                     alpha_parts.append(alpha.reshape(1))
             if fused_p:
                 rms, alpha = self._fused(fused_p, fused_s, fused_b, group, lib)
+                rms_owner.extend(fused_p)
                 rms_parts.append(rms)
                 alpha_parts.append(alpha)
             d = group["clip_threshold"]
@@ -307,7 +312,15 @@ class Adafactor(Optimizer):
                 "beta2t": torch.full((), sum(beta2_all) / len(beta2_all), dtype=torch.float32, device=device),
                 "step_size_mean": alpha.mean(),
             }
+            self._rms_u = rms
+            self._rms_index = {p: j for j, p in enumerate(rms_owner)}
         return loss
+
+    def rms_u(self, p: torch.Tensor) -> torch.Tensor | None:
+        """RMS(U) of parameter ``p``'s update before clipping at the last ``step()``, a 0-d tensor on its device
+        (the paper's Figure 1 plots it for one weight matrix); ``None`` when ``p`` did not step. No sync."""
+        j = self._rms_index.get(p)
+        return None if j is None else self._rms_u[j]
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)

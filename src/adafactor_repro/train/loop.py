@@ -68,12 +68,16 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_changes(stored: dict, new: dict) -> list[str]:
+def config_changes(stored: dict, new: dict, stored_world_size: int = 1, world_size: int = 1) -> list[str]:
     """'key: stored -> new' for every key in both configs whose value differs and that a resume may not
-    change (keys only one side has are new or retired knobs, not changes)."""
+    change (keys only one side has are new or retired knobs, not changes). trainer.update_freq may change
+    with the number of processes when their product, the batch of an update, stays the same."""
     a, b = _flatten(stored), _flatten(new)
+    allowed = lambda k: any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)  # noqa: E731
+    k = "trainer.update_freq"
+    same_batch = k in a and k in b and a[k] * stored_world_size == b[k] * world_size
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b))
-            if a[k] != b[k] and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)]
+            if a[k] != b[k] and not allowed(k) and not (k == "trainer.update_freq" and same_batch)]
 
 
 def _hydra_choice(cfg: DictConfig, group: str) -> str | None:
@@ -286,6 +290,13 @@ class Trainer:
             model = torch.compile(model)
         model.train()
         self.model = model
+        # Figure 1 of the paper: RMS(U) of chosen weight matrices, logged with the other optimizer statistics.
+        named = dict(self.raw_model.named_parameters())
+        unknown = [n for n in self.logger_cfg.track_rms_u if n not in named]
+        if unknown:
+            raise ConfigError(f"logger.track_rms_u: no parameter named {unknown}; the model's are e.g. "
+                              f"{list(named)[:4]}")
+        self.tracked = {n: named[n] for n in self.logger_cfg.track_rms_u}
         self.autocast_dtype = _autocast_dtype(t.precision, device)
         self.peak = peak_flops(device, t.peak_flops)
         self.schedule_choice = _hydra_choice(cfg, "schedule")
@@ -324,7 +335,8 @@ class Trainer:
             raise ConfigError(str(e)) from None
 
     def _load(self, ckpt: dict, path: Path) -> None:
-        changed = config_changes(ckpt.get("config") or {}, self.resolved)
+        changed = config_changes(ckpt.get("config") or {}, self.resolved, int(ckpt.get("world_size", 1)),
+                                 self.dist.world_size)
         if changed:
             raise ConfigError(
                 f"{self.run_dir} holds a run with other settings, resuming it would mix two configurations: "
@@ -390,7 +402,7 @@ class Trainer:
         w.flops += flops
         if st.num_updates % t.log_interval == 0 or st.num_updates == t.max_update:
             rec = _log_train(self.logger, self.optimizer, self.scheduler, w, st.num_updates, st.epoch, c,
-                             self.device, self.peak, self.main)
+                             self.device, self.peak, self.main, self.tracked)
             self._check_explosion(rec["loss"], "training")
         return True
 
@@ -564,11 +576,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         D.cleanup()  # the process group goes with the run, a crash included
 
 
-def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main):
+def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main, tracked=None):
     """One record per log_interval; the only place device scalars are read back: one host sync for the
     window's sums and the optimizer's statistics together."""
     n = max(win.updates, 1)
     st = optimizer.stats() if hasattr(optimizer, "stats") else {}
+    if st:
+        for name, p in (tracked or {}).items():
+            v = optimizer.rms_u(p) if hasattr(optimizer, "rms_u") else None
+            if v is not None:
+                st[f"rms_u/{name}"] = v
     keys = list(st)
     vals = torch.cat([torch.stack((win.loss, win.nll, win.gnorm)) / n,
                       *[st[k].float().to(device).reshape(1) for k in keys]]).tolist()
