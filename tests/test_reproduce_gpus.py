@@ -65,8 +65,8 @@ def test_one_cell_per_gpu_by_default(reproduce, monkeypatch, tmp_path):
     _fake_gpus(monkeypatch, 4)
     fake = FakeCluster()
     monkeypatch.setattr(reproduce.subprocess, "call", fake)
-    rc = reproduce.main(["--scale", "gpu", "--sweep", "core", "--runs-dir", str(tmp_path / "runs"),
-                         "--results-dir", str(tmp_path / "results")])
+    rc = reproduce.main(["--scale", "gpu", "--sweep", "table2_core", "--seeds", "1", "--runs-dir",
+                         str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")])
     assert rc == 0
     assert len(fake.trained) == 10 and not fake.clash
     assert fake.max_concurrent == 4  # JOBS defaulted to the 4 GPUs, all of them busy at once
@@ -78,7 +78,7 @@ def test_visible_devices_subset_and_more_jobs_than_gpus(reproduce, monkeypatch, 
     assert reproduce.visible_gpus() == ["GPU-aaaa", "GPU-bbbb"]
     fake = FakeCluster()
     monkeypatch.setattr(reproduce.subprocess, "call", fake)
-    rc = reproduce.main(["--scale", "gpu", "--experiments", "afx_adam,afx_adafactor", "--runs-dir",
+    rc = reproduce.main(["--scale", "gpu", "--experiments", "afx_adam,afx_adafactor", "--seeds", "1", "--runs-dir",
                          str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")])
     assert rc == 0 and fake.max_concurrent == 2 and not fake.clash
     assert "on GPU GPU-aaaa" in capsys.readouterr().out
@@ -88,15 +88,15 @@ def test_no_gpu_and_cpu_scale_leave_devices_alone(reproduce, monkeypatch, tmp_pa
     _fake_gpus(monkeypatch, 0)
     fake = FakeCluster()
     monkeypatch.setattr(reproduce.subprocess, "call", fake)
-    assert reproduce.main(["--scale", "gpu", "--experiments", "afx_adam", "--runs-dir", str(tmp_path / "a"),
-                           "--results-dir", str(tmp_path / "r")]) == 0
-    assert fake.trained == [(str((tmp_path / "a" / "afx_adam-warmup").resolve()), None),
-                            (str((tmp_path / "a" / "afx_adam-no_warmup").resolve()), None)]
+    assert reproduce.main(["--scale", "gpu", "--experiments", "afx_adam", "--seeds", "1", "--runs-dir",
+                           str(tmp_path / "a"), "--results-dir", str(tmp_path / "r")]) == 0
+    assert sorted(fake.trained) == [(str((tmp_path / "a" / "afx_adam-no_warmup-s1").resolve()), None),
+                                    (str((tmp_path / "a" / "afx_adam-warmup-s1").resolve()), None)]
     _fake_gpus(monkeypatch, 8)
     fake = FakeCluster()
     monkeypatch.setattr(reproduce.subprocess, "call", fake)
-    assert reproduce.main(["--scale", "cpu", "--experiments", "afx_adam", "--jobs", "2", "--runs-dir",
-                           str(tmp_path / "b"), "--results-dir", str(tmp_path / "r")]) == 0
+    assert reproduce.main(["--scale", "cpu", "--experiments", "afx_adam", "--seeds", "1", "--jobs", "2", "--runs-dir",
+                           str(tmp_path / "b"), "--results-dir", str(tmp_path / "r2")]) == 0
     assert {g for _, g in fake.trained} == {None}  # the cpu scale is not pinned to cards
 
 
