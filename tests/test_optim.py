@@ -179,23 +179,24 @@ def test_no_momentum_state_and_exact_state_bytes(fused):
     run(opt, ps, grad_sequence(shapes, 2))
     assert all("exp_avg" not in opt.state[p] for p in ps)
     # (n + m) * 4 bytes per factored n x m matrix, 4 bytes per element otherwise, nothing for momentum;
-    # the step counter is a Python int and holds no tensor memory.
+    # the step counter is a float32 0-d tensor per parameter ("other").
     factored = (300 + 200) * 4 + 2 * (130 + 140) * 4
     full = (50 + 100 * 60) * 4
+    steps = 4 * len(ps)
     assert optimizer_state_breakdown(opt) == {"factored": factored, "second_moment": full, "momentum": 0,
-                                              "other": 0, "total": factored + full}  # fmt: skip
+                                              "other": steps, "total": factored + full + steps}  # fmt: skip
     ps2 = make_params(shapes=shapes)
     opt2 = Adafactor(ps2, lr=0.01, beta1=0.9, fused=fused)
     run(opt2, ps2, grad_sequence(shapes, 1))
     n = sum(p.numel() for p in ps2)
-    assert optimizer_state_bytes(opt2) == factored + full + 4 * n
+    assert optimizer_state_bytes(opt2) == factored + full + 4 * n + steps
     # Row-only keeps n numbers per n x m matrix, column-only m; the same tensors as above keep a full V.
     for which, kept in (("row", 300 + 2 * 130), ("col", 200 + 2 * 140)):
         ps3 = make_params(shapes=shapes)
         opt3 = Adafactor(ps3, lr=0.01, factored=which, fused=fused)
         run(opt3, ps3, grad_sequence(shapes, 2))
         assert optimizer_state_breakdown(opt3) == {"factored": 4 * kept, "second_moment": full, "momentum": 0,
-                                                   "other": 0, "total": 4 * kept + full}  # fmt: skip
+                                                   "other": steps, "total": 4 * kept + full + steps}  # fmt: skip
 
 
 def test_state_bytes_of_torch_adam():
