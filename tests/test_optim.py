@@ -389,6 +389,41 @@ def test_hydra_optim_configs_instantiate(repo_root, name):
     assert not math.isnan(opt.param_groups[0]["lr"])
 
 
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_compiled_step_traces_one_graph_with_a_changing_lr():
+    # The eager path keeps the step count, beta2t and a tensor lr as 0-d tensors, so torch.compile(fullgraph=True)
+    # traces one graph for every step while a scheduler changes the lr. backend="eager" keeps it cheap: whether
+    # dynamo recompiles is decided by its guards, whatever backend runs the graph.
+    from torch.optim.lr_scheduler import LambdaLR
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for compiled in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 5))
+        opt = Adafactor(model.parameters(), lr=torch.tensor(0.01), beta1=0.9, weight_decay=0.1,
+                        min_dim_size_to_factor=4, fused=False)  # fmt: skip
+        sched = LambdaLR(opt, lambda k: 1.0 / (k + 1))
+        # Adafactor.step itself: the scheduler wraps opt.step in a function dynamo does not trace.
+        step = torch.compile(Adafactor.step, backend=backend, fullgraph=True) if compiled else Adafactor.step
+        for _ in range(12):
+            model(x).square().mean().backward()
+            step(opt)
+            sched.step()
+            opt.zero_grad()
+        runs.append([p.detach().clone() for p in model.parameters()])
+        assert opt.state[model[0].weight]["step"].item() == 12
+    assert len(graphs) == 1
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
 @pytest.mark.parametrize("value,expected", [("true", True), ("false", False), ("row", "row"), ("col", "col")])
 def test_hydra_passes_factored_through(repo_root, value, expected):
     # The command line's optim.factored=row must reach Adafactor as the string "row", true as a bool.

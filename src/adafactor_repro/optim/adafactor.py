@@ -138,6 +138,8 @@ class Adafactor(Optimizer):
         # Stochastic-rounding seed of the Triton path: from torch's seed, without drawing from its generator.
         self._seed = torch.initial_seed() % (1 << 24)
         self._check_fused_available()
+        for group in self.param_groups:
+            self._init_group_state(group)
 
     def _check_fused_available(self) -> None:
         for group in self.param_groups:
@@ -156,8 +158,17 @@ class Adafactor(Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        if hasattr(self, "_plans"):
+        if hasattr(self, "_plans"):  # not while torch's __init__ adds the first groups
             self._check_fused_available()
+            self._init_group_state(self.param_groups[-1])
+
+    def _init_group_state(self, group: dict) -> None:
+        # State is allocated when the optimizer is built, not at the first step (torch's convention, which
+        # asks that parameters are on their device by then): a compiled step() then sees the same state
+        # every time and traces one graph.
+        for p in group["params"]:
+            if p.requires_grad and not p.is_sparse and not p.is_complex():
+                self._init_state(p, group)
 
     # ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -215,7 +226,10 @@ class Adafactor(Optimizer):
         g = p.grad.float()
         x = p if p.dtype == torch.float32 else p.float()
         numel = p.numel()
-        u = self._buffer(p.device, numel)[:numel].view(p.shape)
+        if torch.compiler.is_compiling():  # the compiler plans its own temporaries
+            u = torch.empty(p.shape, dtype=torch.float32, device=p.device)
+        else:
+            u = self._buffer(p.device, numel)[:numel].view(p.shape)
         if "exp_avg_sq_row" in state and "exp_avg_sq_col" in state:
             r, c = state["exp_avg_sq_row"], state["exp_avg_sq_col"]
             g2 = torch.mul(g, g, out=u).add_(group["eps1"])
