@@ -352,7 +352,7 @@ def test_cuda_triton_step_allocates_nothing_and_replays_in_a_cuda_graph():
         graph.replay()
     torch.cuda.synchronize()
     pe, oe = build()
-    for _ in range(4):
+    for _ in range(3):  # the warm-up step and two replays (capturing runs nothing)
         oe.step()
     for a, b in zip(pg, pe):
         assert torch.equal(a, b)
