@@ -45,7 +45,7 @@ test: $(STAMP) ## Run the test suite (what CI runs)
 lint: $(STAMP) ## ruff check
 	$(VENV)/bin/ruff check src scripts tests
 
-data: $(STAMP) ## Build data: DATA=wmt14 (hub) | DATA=multi30k DATA_DIR=../shared/data/multi30k (local)
+data: $(STAMP) ## Build data: DATA=multi30k (shipped in corpora/, offline) | DATA=wmt14 (hub) | DATA_DIR=<local copy>
 	$(PY) scripts/prepare_data.py scale=$(SCALE) $(if $(DATA),data=$(DATA)) $(if $(DATA_DIR),data.local_dir=$(abspath $(DATA_DIR))) $(ARGS)
 
 train: $(STAMP) ## One training run: make train ARGS='experiments=afx_adafactor schedule=no_warmup'
@@ -59,7 +59,7 @@ reproduce: $(STAMP) ## The paper's optimizer comparison at SCALE, then the table
 		$(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) --jobs $(JOBS) $(ARGS)
 
 tabulate: $(STAMP) ## Rebuild results/<scale>/ tables and plots from the run directories
-	$(PY) scripts/tabulate.py --scale $(SCALE) $(ARGS)
+	$(PY) scripts/make_report.py --scale $(SCALE) $(ARGS)
 
 bench: bench-optim bench-data bench-train ## All benchmarks (project against its peers, ratios printed)
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import yaml
 
+from adafactor_repro.files import run_status
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "configs" / "sweep"
 
@@ -35,19 +37,6 @@ def sweep_cells(sweep: str) -> tuple[list[str], list[str]]:
         raise SystemExit(f"unknown sweep {sweep!r}: no {path}; known sweeps: {known}")
     params = yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"]
     return params["experiments"].split(","), params["schedule"].split(",")
-
-
-def run_status(run_dir: Path) -> str:
-    """missing | running (interrupted or in progress) | completed | diverged, from summary.json."""
-    import json
-
-    p = run_dir / "summary.json"
-    if not p.exists():
-        return "missing"
-    try:
-        return json.loads(p.read_text()).get("status", "running")
-    except json.JSONDecodeError:
-        return "running"
 
 
 def sh(cmd: list[str], dry: bool, log: Path | None = None) -> int:
@@ -73,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep", default="paper", help="a file of configs/sweep/ (paper: the full grid; core)")
     ap.add_argument("--experiments", help="comma-separated subset of the sweep's experiments")
     ap.add_argument("--schedules", help="comma-separated subset of warmup,no_warmup")
-    ap.add_argument("--data-dir", help="local copy of the corpus (data.local_dir)")
+    ap.add_argument("--data-dir", help="local copy of the corpus (data.local_dir); default: the data config's "
+                                       "embedded copy (Multi30k ships in corpora/), else the hub")
     ap.add_argument("--launcher", default="local", choices=["local", "slurm"])
     ap.add_argument("--runs-dir", type=Path, help="where the run directories go (default runs/<scale>)")
     ap.add_argument("--results-dir", type=Path, help="where tables and plots go (default results/<scale>)")
@@ -139,12 +129,21 @@ def main(argv: list[str] | None = None) -> int:
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             failed += [f for f in pool.map(lambda c: run_cell(*c), todo) if f]
+        # A cell is done when it completed (with its BLEU) or diverged; one stopped by a signal exits
+        # with its summary still "running" and must not pass for done.
+        if not args.dry_run:
+            listed = {f.split(" ")[0] for f in failed}
+            for _, exp, sched, run_dir, _ in todo:
+                status = run_status(run_dir)
+                if f"{exp}-{sched}" not in listed and status not in ("completed", "diverged"):
+                    failed.append(f"{exp}-{sched} (status {status})")
 
     # 3. tables and plots
-    sh([py, "scripts/tabulate.py", "--scale", args.scale, "--runs", str(runs_dir),
+    sh([py, "scripts/make_report.py", "--scale", args.scale, "--runs", str(runs_dir),
         *(["--out", str(args.results_dir.resolve())] if args.results_dir else [])], args.dry_run)
     if failed:
-        print("runs that failed (rerun `make reproduce` to retry them): " + ", ".join(failed), file=sys.stderr)
+        print(f"{len(failed)} run(s) neither completed nor diverged (rerun `make reproduce` to resume them): "
+              + ", ".join(failed), file=sys.stderr)
         return 1
     return 0
 

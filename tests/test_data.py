@@ -65,7 +65,7 @@ def cfg_for(local_dir, root, **over):
         "clean": {"max_len": 30, "max_ratio": 3.0},
         "spm": {"model_type": "unigram", "vocab_size": 120, "input_sentence_size": 5000,
                 "character_coverage": 1.0, "hard_vocab_limit": False},
-        "seed": 1, "root": str(root), "num_workers": 2,
+        "seed": 1, "root": str(root), "num_workers": 1,  # in-process: forking a pool per test is slow
     }
     for k, v in over.items():
         cfg[k] = v
@@ -92,10 +92,11 @@ def corpus(tmp_path):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """One build shared by the read-only tests (sentencepiece training is the slow part)."""
+    """One build shared by the read-only tests (sentencepiece training is the slow part); with a pool of
+    two encode workers, so that the path of a real build is the one these tests check."""
     tmp = tmp_path_factory.mktemp("built")
     train, dev = write_corpus(tmp / "corpus")
-    cfg = cfg_for(tmp / "corpus", tmp / "data")
+    cfg = cfg_for(tmp / "corpus", tmp / "data", num_workers=2)
     return prepare(cfg), cfg, train, dev
 
 
@@ -164,7 +165,7 @@ def test_reuse_and_rebuild_on_change(corpus, tmp_path, monkeypatch):
     import adafactor_repro.data.build as P
 
     monkeypatch.setattr(P, "_build", lambda *a, **k: pytest.fail("rebuilt an unchanged config"))
-    cfg_other_workers = dict(cfg, num_workers=1)  # not part of the key
+    cfg_other_workers = dict(cfg, num_workers=3)  # not part of the key
     assert prepare(cfg_other_workers) == first
     assert (first / "meta.json").stat().st_mtime_ns == stamp
     monkeypatch.undo()
@@ -342,7 +343,7 @@ def test_unicode_line_separators_do_not_break_alignment(tmp_path):
 
 def test_empty_corpus_after_cleaning(corpus, tmp_path):
     d, _, _ = corpus
-    with pytest.raises(DataError, match="split 'train' is empty after cleaning"):
+    with pytest.raises(DataError, match=r"split 'train' has 0 pairs after cleaning \(needs >= 1"):
         prepare(cfg_for(d, tmp_path / "data", clean={"max_len": 1, "max_ratio": 3.0}))
     assert _no_artifacts(tmp_path / "data" / "tiny")
 
@@ -413,7 +414,8 @@ def test_prepare_data_entry_point(tmp_path, repo_root):
     write_corpus(d)
     cmd = [sys.executable, str(repo_root / "scripts" / "prepare_data.py"), "data=multi30k", f"data.local_dir={d}",
            "data.splits.valid=dev", "data.splits.test=test", f"data.root={tmp_path / 'data'}",
-           "data.spm.vocab_size=120", "data.spm.hard_vocab_limit=false", "data.clean.max_len=30"]
+           "data.spm.vocab_size=120", "data.spm.hard_vocab_limit=false", "data.clean.max_len=30",
+           "data.min_eval_pairs=1"]
     res = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "train read       304  kept       300" in res.stdout
@@ -421,3 +423,29 @@ def test_prepare_data_entry_point(tmp_path, repo_root):
     bad = subprocess.run(cmd[:3] + [f"data.local_dir={tmp_path / 'nowhere'}"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "nowhere is not a directory" in bad.stderr
+
+
+def test_multi30k_ships_in_the_repository_and_builds_offline(tmp_path, repo_root, monkeypatch):
+    """No local_dir, no network: the cpu scale's corpus is read from corpora/multi30k (checksums as in its
+    README), and a build from it works (a subset and a small vocabulary keep it quick)."""
+    import hashlib
+    import re
+
+    from adafactor_repro.data.sources import resolve_sources
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = data_config("multi30k")
+    assert cfg["local_dir"] is None and cfg["embedded"] == "corpora/multi30k"
+    sources = resolve_sources(cfg)
+    assert {s.where for s in sources.values()} == {str(repo_root / "corpora" / "multi30k")}
+    noted = dict(re.findall(r"\| (\S+\.(?:en|de)) \| \d+ \| ([0-9a-f]{64}) \|",
+                            (repo_root / "corpora" / "multi30k" / "README.md").read_text()))
+    assert len(noted) == 6
+    for name, sha in noted.items():
+        assert hashlib.sha256(gzip.decompress((repo_root / "corpora" / "multi30k" / f"{name}.gz").read_bytes())
+                              ).hexdigest() == sha, name
+    out = prepare(dict(cfg, root=str(tmp_path / "data"), max_train_pairs=500, num_workers=1,
+                       spm=dict(cfg["spm"], vocab_size=300, hard_vocab_limit=False)))
+    meta = load_meta(out)
+    assert meta["source"] == {"kind": "local", "local_dir": str(repo_root / "corpora" / "multi30k")}
+    assert meta["splits"]["valid"]["raw_lines"] == 1014 and meta["splits"]["test"]["raw_lines"] == 1000

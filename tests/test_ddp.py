@@ -104,24 +104,21 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_torchrun_two_process_training_run(tmp_path):
+def test_torchrun_two_process_training_run(tmp_path, toy_corpus):
     """The loop itself under torchrun (gloo): rank 0 alone writes, the checkpoint holds both ranks' RNG."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
-    from test_train_e2e import write_corpus
+    from conftest import TINY
 
     root = Path(__file__).resolve().parents[1]
-    write_corpus(tmp_path / "corpus")
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(root / "scripts" / "train.py"), f"data.local_dir={tmp_path / 'corpus'}", f"data.root={tmp_path / 'data'}",
-           "data.spm.vocab_size=48", "data.num_workers=1", "model.d_model=32", "model.n_heads=2", "model.ffn_dim=64",
-           "model.encoder_layers=1", "model.decoder_layers=1", "trainer.max_tokens=256", "trainer.max_update=10",
-           "trainer.log_interval=5", "trainer.val_interval=10", "trainer.save_interval=10", "trainer.num_threads=1",
-           "trainer.bleu_at_end=false", "logger.mode=disabled", f"run_dir={run}"]
+           str(root / "scripts" / "train.py"), f"data.local_dir={toy_corpus}", f"data.root={tmp_path / 'data'}",
+           *TINY, "trainer.max_update=10", "trainer.log_interval=5", "trainer.val_interval=10",
+           "trainer.save_interval=10", "trainer.bleu_at_end=false", f"run_dir={run}"]
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

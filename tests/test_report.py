@@ -74,7 +74,7 @@ def test_table_rows_including_a_diverged_run(tmp_path, repo_root):
 def test_tabulate_script_writes_table_and_plots(tmp_path, repo_root, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("tabulate", repo_root / "scripts" / "tabulate.py")
+    spec = importlib.util.spec_from_file_location("make_report", repo_root / "scripts" / "make_report.py")
     tab = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tab)
     runs_root = tmp_path / "runs"
@@ -98,7 +98,7 @@ def test_tabulate_script_writes_table_and_plots(tmp_path, repo_root, capsys):
 def test_tabulate_without_runs_says_what_to_do(tmp_path, repo_root, capsys):
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("tabulate", repo_root / "scripts" / "tabulate.py")
+    spec = importlib.util.spec_from_file_location("make_report", repo_root / "scripts" / "make_report.py")
     tab = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tab)
     assert tab.main(["--runs", str(tmp_path / "nothing")]) == 1

@@ -6,41 +6,24 @@ from __future__ import annotations
 import csv
 import json
 import os
-import random
 import subprocess
 import sys
 
 import pytest
+from conftest import TINY
 
-WORDS = {"a": "ein", "dog": "hund", "cat": "katze", "runs": "rennt", "red": "rot", "big": "gross",
-         "the": "der", "man": "mann", "sees": "sieht", "small": "klein", "house": "haus", "tree": "baum"}
-
-
-def write_corpus(root, n_train=200, n_eval=12, seed=0):
-    rng = random.Random(seed)
-    keys = sorted(WORDS)
-    root.mkdir(parents=True)
-    for stem, n in (("train", n_train), ("val", n_eval), ("test_2016_flickr", n_eval)):
-        src = [[rng.choice(keys) for _ in range(rng.randint(2, 6))] for _ in range(n)]
-        (root / f"{stem}.en").write_text("".join(" ".join(s) + "\n" for s in src))
-        (root / f"{stem}.de").write_text("".join(" ".join(WORDS[w] for w in s) + "\n" for s in src))
-    return root
-
-
-TINY = ["data.spm.vocab_size=40", "data.num_workers=1", "model.d_model=32", "model.n_heads=2", "model.ffn_dim=64",
-        "model.encoder_layers=1", "model.decoder_layers=1", "trainer.max_tokens=128", "trainer.max_update=6",
-        "trainer.log_interval=2", "trainer.val_interval=3", "trainer.save_interval=3", "logger.mode=disabled",
-        "eval.beam=2", "eval.max_len_b=8", "schedule.time_scale=1000"]
+SWEEP = [*TINY, "trainer.max_tokens=128", "trainer.max_update=6", "trainer.log_interval=2", "trainer.val_interval=3",
+         "trainer.save_interval=3", "eval.max_len_b=8", "schedule.time_scale=1000"]
 
 
 @pytest.mark.slow
-def test_two_experiment_cpu_sweep_end_to_end(tmp_path, repo_root):
-    corpus = write_corpus(tmp_path / "corpus")
+def test_two_experiment_cpu_sweep_end_to_end(tmp_path, repo_root, toy_corpus):
+    corpus = toy_corpus
     runs, results = tmp_path / "runs", tmp_path / "results"
     cmd = [sys.executable, str(repo_root / "scripts" / "reproduce.py"), "--scale", "cpu",
            "--experiments", "afx_adam,afx_adafactor", "--schedules", "no_warmup", "--data-dir", str(corpus),
            "--runs-dir", str(runs), "--results-dir", str(results), "--jobs", "2",
-           "--", f"data.root={tmp_path / 'data'}", *TINY]
+           "--", f"data.root={tmp_path / 'data'}", *SWEEP]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
@@ -50,7 +33,7 @@ def test_two_experiment_cpu_sweep_end_to_end(tmp_path, repo_root):
         summary = json.loads((d / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["updates"] == 6, summary
         assert set(json.loads((d / "bleu.json").read_text())) == {"test"}  # the cpu scale scores test2016
-        assert (d / "hyp.test.txt").read_text().count("\n") == 12
+        assert (d / "hyp.test.txt").read_text().count("\n") == 16
     # no momentum buffer: at this toy size (d 32 < min_dim_size_to_factor) nothing is factored, so Adafactor
     # keeps one full second moment where Adam keeps two buffers
     adam = json.loads((runs / "afx_adam-no_warmup" / "summary.json").read_text())["optimizer_state_bytes"]
@@ -71,3 +54,32 @@ def test_two_experiment_cpu_sweep_end_to_end(tmp_path, repo_root):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("completed, skipped") == 2
     assert "scripts/train.py" not in again.stdout
+
+
+@pytest.mark.parametrize("rc", [0, 4, -9])
+def test_a_cell_left_running_fails_the_sweep_and_is_listed(tmp_path, repo_root, monkeypatch, capsys, rc):
+    """A cell stopped by a signal (its train.py saved and exited, or was killed) is neither completed nor
+    diverged: reproduce lists it and exits non-zero. rc 0 is what a SIGTERM'd train.py returned before."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("reproduce", repo_root / "scripts" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def fake_sh(cmd, dry, log=None):
+        if cmd[1] != "scripts/train.py":
+            return 0
+        run_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("run_dir=")))
+        run_dir.mkdir(parents=True)
+        stopped = "experiments=afx_adam" in cmd
+        (run_dir / "summary.json").write_text(json.dumps({"status": "running" if stopped else "diverged"}))
+        return rc if stopped else 0
+
+    monkeypatch.setattr(mod, "sh", fake_sh)
+    code = mod.main(["--experiments", "afx_adam,afx_adafactor", "--schedules", "no_warmup",
+                     "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "1 run(s) neither completed nor diverged" in err and "afx_adam-no_warmup (" in err
+    assert "afx_adafactor" not in err  # a diverged cell is a finished one

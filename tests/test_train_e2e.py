@@ -4,61 +4,12 @@ checkpoints, non-finite steps. Tiny model (d_model 32), a few dozen updates each
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-WORDS = {  # a toy word-for-word "translation" with a fixed reordering, learnable in a few dozen updates
-    "a": "ein", "dog": "hund", "cat": "katze", "runs": "rennt", "sleeps": "schlaeft", "red": "rot",
-    "big": "gross", "small": "klein", "house": "haus", "in": "im", "the": "der", "garden": "garten",
-    "man": "mann", "sees": "sieht", "woman": "frau", "child": "kind", "plays": "spielt", "ball": "ball",
-}
-
-
-def write_corpus(root: Path, n_train: int = 240, n_eval: int = 16, seed: int = 0) -> Path:
-    rng = random.Random(seed)
-    keys = sorted(WORDS)
-
-    def pairs(n):
-        out = []
-        for _ in range(n):
-            src = [rng.choice(keys) for _ in range(rng.randint(2, 7))]
-            out.append((" ".join(src), " ".join(WORDS[w] for w in reversed(src))))
-        return out
-
-    root.mkdir(parents=True, exist_ok=True)
-    for stem, n in (("train", n_train), ("val", n_eval), ("test_2016_flickr", n_eval)):
-        ps = pairs(n)
-        (root / f"{stem}.en").write_text("".join(s + "\n" for s, _ in ps))
-        (root / f"{stem}.de").write_text("".join(t + "\n" for _, t in ps))
-    return root
-
-
-def make_cfg(tmp: Path, *overrides: str, run: str = "run"):
-    """The real configs/train.yaml, composed with a tiny model, data and budget."""
-    corpus = tmp / "corpus"
-    if not corpus.exists():
-        write_corpus(corpus)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(config_name="train", return_hydra_config=True, overrides=[
-            f"data.local_dir={corpus}", f"data.root={tmp / 'data'}", "data.spm.vocab_size=48",
-            "data.num_workers=1", "model.d_model=32", "model.n_heads=2", "model.ffn_dim=64",
-            "model.encoder_layers=1", "model.decoder_layers=1", "trainer.max_tokens=256",
-            "trainer.max_update=30", "trainer.log_interval=5", "trainer.val_interval=10",
-            "trainer.save_interval=10", "trainer.num_threads=1", "logger.mode=disabled",
-            "eval.beam=2", "eval.max_len_b=10", "eval.splits=[valid,test]", "schedule.warmup_updates=10",
-            "schedule.time_scale=1.0", "optim.lr=1.0",
-            f"run_dir={tmp / run}", *overrides,
-        ])
-    HydraConfig.instance().set_config(cfg)  # as @hydra.main does: ${hydra:...} and the choices resolve
-    return cfg
 
 
 def train(cfg):
@@ -77,10 +28,10 @@ def model_state(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_smoke_run_learns_and_writes_the_run_directory(tmp_path):
+def test_smoke_run_learns_and_writes_the_run_directory(tmp_path, make_cfg):
     torch.manual_seed(0)
     # a peak FLOP/s given explicitly gives an MFU on CPU too (on a GPU it is looked up from the card name)
-    cfg = make_cfg(tmp_path, "trainer.max_update=40", "trainer.peak_flops=1e12", "trainer.bleu_interval=20",
+    cfg = make_cfg("trainer.max_update=40", "trainer.peak_flops=1e12", "trainer.bleu_interval=20",
                    "eval.max_sentences=4")
     s = train(cfg)
     run = tmp_path / "run"
@@ -120,7 +71,7 @@ def test_smoke_run_learns_and_writes_the_run_directory(tmp_path):
         assert k in ckpt, k
     # a completed run is not retrained by the same command
     mtime = (run / "checkpoint_last.pt").stat().st_mtime_ns
-    assert train(make_cfg(tmp_path, "trainer.max_update=40"))["status"] == "completed"
+    assert train(make_cfg("trainer.max_update=40"))["status"] == "completed"
     assert (run / "checkpoint_last.pt").stat().st_mtime_ns == mtime
 
 
@@ -131,27 +82,28 @@ def _interrupt_at(monkeypatch, update: int):
     real = loop._log_train
 
     def boom(logger, optimizer, scheduler, win, num_updates, *a, **k):
-        real(logger, optimizer, scheduler, win, num_updates, *a, **k)
+        rec = real(logger, optimizer, scheduler, win, num_updates, *a, **k)
         if num_updates == update:
-            raise KeyboardInterrupt("simulated crash")
+            raise RuntimeError("simulated crash")
+        return rec
 
     monkeypatch.setattr(loop, "_log_train", boom)
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
+def test_resume_after_interruption_is_bit_identical(tmp_path, make_cfg, monkeypatch):
     torch.manual_seed(0)
-    ref = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", run="ref"))
+    ref = train(make_cfg("trainer.bleu_at_end=false", run="ref"))
     assert ref["status"] == "completed"
 
     # crash at update 25: the last checkpoint is from update 20; metrics 21-25 are past it
     _interrupt_at(monkeypatch, 25)
-    with pytest.raises(KeyboardInterrupt):
-        train(make_cfg(tmp_path, "trainer.bleu_at_end=false", run="resumed"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(make_cfg("trainer.bleu_at_end=false", run="resumed"))
     assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["status"] == "running"
     monkeypatch.undo()
     torch.manual_seed(123)  # the global RNG state of the new process must not matter: it is restored
-    s = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", run="resumed"))
+    s = train(make_cfg("trainer.bleu_at_end=false", run="resumed"))
     assert s["status"] == "completed" and s["updates"] == 30
 
     a, b = model_state(tmp_path / "ref"), model_state(tmp_path / "resumed")
@@ -166,24 +118,23 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path):
+def test_truncated_last_checkpoint_resumes_from_the_previous_one(tmp_path, make_cfg):
     torch.manual_seed(0)
-    cfg = make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=20")
+    cfg = make_cfg("trainer.bleu_at_end=false", "trainer.max_update=20")
     train(cfg)
     run = tmp_path / "run"
     last = run / "checkpoint_last.pt"
     data = last.read_bytes()
-    last.unlink()  # checkpoint_last.pt shares its inode with checkpoint_20.pt: damage a separate copy
     last.write_bytes(data[: len(data) // 3])
     (run / "checkpoint_20.pt").unlink()  # so the fallback has to go back to update 10
     with pytest.warns(UserWarning, match=r"checkpoint_last\.pt: corrupt or truncated"):
-        s = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=30"))
+        s = train(make_cfg("trainer.bleu_at_end=false", "trainer.max_update=30"))
     assert s["status"] == "completed" and s["updates"] == 30
     assert [r["update"] for r in records(run)] == [5, 10, 15, 20, 25, 30]  # 11-20 redone, not duplicated
 
 
 @pytest.mark.slow
-def test_nonfinite_steps_are_skipped_then_the_run_is_marked_diverged(tmp_path, monkeypatch):
+def test_nonfinite_steps_are_skipped_then_the_run_is_marked_diverged(tmp_path, make_cfg, monkeypatch):
     from adafactor_repro.train import step
 
     real = step.label_smoothed_nll_loss
@@ -199,7 +150,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_is_marked_diverged(tmp_path, m
 
     monkeypatch.setattr(step, "label_smoothed_nll_loss", flaky)
     torch.manual_seed(0)
-    s = train(make_cfg(tmp_path, "trainer.max_consecutive_nonfinite=4", "trainer.val_interval=5",
+    s = train(make_cfg("trainer.max_consecutive_nonfinite=4", "trainer.val_interval=5",
                        "trainer.save_interval=5"))
     run = tmp_path / "run"
     assert s["status"] == "diverged" and s["diverged_at"] == 12 and s["nonfinite_total"] == 5
@@ -208,7 +159,7 @@ def test_nonfinite_steps_are_skipped_then_the_run_is_marked_diverged(tmp_path, m
     assert state["update"] == 10 and all(torch.isfinite(v).all() for v in state["model"].values())
     assert records(run)[-1]["event"] == "diverged"
     # rerunning a diverged run does not retrain it
-    assert train(make_cfg(tmp_path, "trainer.max_consecutive_nonfinite=4"))["status"] == "diverged"
+    assert train(make_cfg("trainer.max_consecutive_nonfinite=4"))["status"] == "diverged"
 
 
 def _script(name: str):
@@ -221,9 +172,9 @@ def _script(name: str):
 
 
 @pytest.mark.slow
-def test_average_then_evaluate_scripts(tmp_path):
+def test_average_then_evaluate_scripts(tmp_path, make_cfg, capsys):
     torch.manual_seed(0)
-    train(make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=30"))
+    train(make_cfg("trainer.bleu_at_end=false", "trainer.max_update=30"))
     run = tmp_path / "run"
     out = _script("average_checkpoints").main([str(run), "--num", "2"])
     assert out == run / "checkpoint_avg2.pt"
@@ -239,12 +190,15 @@ def test_average_then_evaluate_scripts(tmp_path):
     bleu = json.loads((run / "bleu.json").read_text())
     assert bleu["test@checkpoint_avg2"]["bleu"] == res["test@checkpoint_avg2"]["bleu"]
     assert len((run / "hyp@checkpoint_avg2.test.txt").read_text().splitlines()) == 5
-    with pytest.raises(SystemExit, match="unknown keys"):
+    with pytest.raises(SystemExit) as e:
         _script("evaluate").main([f"run_dir={run}", "beem=4"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("evaluate.py: error: unknown keys ['beem']; known: run_dir,") and "\n" not in err
 
 
 @pytest.mark.slow
-def test_sigterm_saves_and_the_rerun_finishes(tmp_path, monkeypatch):
+def test_sigterm_saves_and_the_rerun_finishes(tmp_path, make_cfg, monkeypatch):
     """SLURM preemption / scancel: the update in flight finishes, checkpoint_last.pt is written, exit."""
     import os
     import signal
@@ -254,23 +208,24 @@ def test_sigterm_saves_and_the_rerun_finishes(tmp_path, monkeypatch):
     real = loop._log_train
 
     def term(logger, optimizer, scheduler, win, num_updates, *a, **k):
-        real(logger, optimizer, scheduler, win, num_updates, *a, **k)
+        rec = real(logger, optimizer, scheduler, win, num_updates, *a, **k)
         if num_updates == 15:
             os.kill(os.getpid(), signal.SIGTERM)
+        return rec
 
     monkeypatch.setattr(loop, "_log_train", term)
     handler_before = signal.getsignal(signal.SIGTERM)
     torch.manual_seed(0)
-    s = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=20"))
+    s = train(make_cfg("trainer.bleu_at_end=false", "trainer.max_update=20"))
     assert s["status"] == "running" and s["updates"] == 15
     assert torch.load(tmp_path / "run" / "checkpoint_last.pt", weights_only=True)["update"] == 15
     assert signal.getsignal(signal.SIGTERM) == handler_before  # the loop's handler is removed again
     monkeypatch.undo()
-    s = train(make_cfg(tmp_path, "trainer.bleu_at_end=false", "trainer.max_update=20"))
+    s = train(make_cfg("trainer.bleu_at_end=false", "trainer.max_update=20"))
     assert s["status"] == "completed" and s["updates"] == 20
 
 
-def test_a_crash_in_setup_still_closes_the_process_group(tmp_path, monkeypatch):
+def test_a_crash_in_setup_still_closes_the_process_group(tmp_path, make_cfg, monkeypatch):
     """One `finally` closes everything: the process group goes even when the run dies before its loop."""
     from adafactor_repro.train import loop
 
@@ -282,5 +237,5 @@ def test_a_crash_in_setup_still_closes_the_process_group(tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop.Trainer, "setup", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        train(make_cfg(tmp_path))
+        train(make_cfg())
     assert closed == [True]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import config_root, load_group
 from .binarize import encode_split, init_worker
 from .sources import (
     EVAL_SPLITS,
@@ -37,12 +38,12 @@ from .sources import (
     resolve_sources,
     subset_mask_indices,
 )
-from .tokenizer import SPM_MODEL, sha256_of, train_spm
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPM_MODEL, UNK_ID, sha256_of, train_spm
 
 FORMAT_VERSION = 1
 META = "meta.json"
 # Options that do not change the artifact and so stay out of the key.
-_NOT_KEYED = ("root", "num_workers", "local_dir")
+_NOT_KEYED = ("root", "num_workers", "local_dir", "embedded", "min_eval_pairs")
 _REQUIRED = ("name", "src_lang", "tgt_lang", "splits", "clean", "spm")
 
 
@@ -58,22 +59,7 @@ def _plain(cfg) -> dict:
 
 
 def config_dir() -> Path:
-    root = os.environ.get("ADAFACTOR_REPRO_ROOT")
-    return (Path(root) if root else Path(__file__).resolve().parents[3]) / "configs" / "data"
-
-
-def _load_with_defaults(path: Path) -> dict:
-    """OmegaConf.load plus the group-relative `defaults:` list Hydra would apply (e.g. wmt14_local_dev)."""
-    from omegaconf import OmegaConf
-
-    node = OmegaConf.load(path)
-    defaults = list(node.pop("defaults", None) or [])
-    merged = OmegaConf.create({})
-    if "_self_" not in defaults:
-        defaults.append("_self_")
-    for entry in defaults:
-        merged = OmegaConf.merge(merged, node if entry == "_self_" else _load_with_defaults(path.parent / f"{entry}.yaml"))
-    return _plain(merged)
+    return config_root() / "data"
 
 
 def data_config(name_or_cfg) -> dict:
@@ -85,7 +71,7 @@ def data_config(name_or_cfg) -> dict:
             known = sorted(p.stem for p in config_dir().glob("*.yaml"))
             raise DataError(f"unknown data name {name!r}: no {path}; known: {', '.join(known) or 'none'} "
                             "(pick one with `data=<name>` or add a configs/data/<name>.yaml)")
-        cfg = _load_with_defaults(path)
+        cfg = load_group(path)
     else:
         cfg = _plain(name_or_cfg)
     missing = [k for k in _REQUIRED if k not in cfg]
@@ -200,11 +186,15 @@ def _build(cfg: dict, sources: dict[str, SplitSource], out: Path, key: str) -> d
             stats["cleaned"] = ["empty", "too_long"] if is_eval else ["empty", "too_long", "ratio"]
             if is_eval:
                 stats["raw_lines"] = stats["read"]
-            if stats["kept"] == 0 and split != "test":
+            least = int(cfg.get("min_eval_pairs") or 1) if is_eval else 1
+            if stats["kept"] < least:
+                # an evaluation split this small gives no BLEU worth reporting (or none: the run would
+                # train for hours, then fail at its final BLEU), so the build stops here
                 raise DataError(
-                    f"split '{split}' is empty after cleaning ({stats['read']} pairs read, dropped "
-                    f"{stats['dropped']}) from {'; '.join(src.describe())}; check the files or relax "
-                    "data.clean.max_len / data.clean.max_ratio")
+                    f"split '{split}' has {stats['kept']} pairs after cleaning (needs >= {least}; "
+                    f"{stats['read']} read, dropped {stats['dropped']}) from {'; '.join(src.describe())}; "
+                    "check the files, or relax data.clean.max_len / max_ratio"
+                    + (" or data.min_eval_pairs" if is_eval else ""))
             splits_meta[split] = stats
     finally:
         if pool is not None:
@@ -217,12 +207,12 @@ def _build(cfg: dict, sources: dict[str, SplitSource], out: Path, key: str) -> d
         "key": key,
         "src_lang": cfg["src_lang"],
         "tgt_lang": cfg["tgt_lang"],
-        "source": ({"kind": "local", "local_dir": str(cfg["local_dir"])} if cfg.get("local_dir") else
+        "source": ({"kind": "local", "local_dir": str(sources["train"].where)} if sources["train"].kind != "hub" else
                    {"kind": "hub", "hub_path": cfg["hub_path"], "hub_config": cfg.get("hub_config"),
                     "hub_revision": cfg.get("hub_revision")}),
         "inputs": {s: src.fingerprint for s, src in sources.items()},
         "spm": {**spm_cfg, "sha256": sha256_of(model), "vocab_size_actual": vocab_size,
-                "train_lines": n_lines, "special_ids": {"pad": 0, "unk": 1, "bos": 2, "eos": 3}},
+                "train_lines": n_lines, "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "bos": BOS_ID, "eos": EOS_ID}},
         "dtype": np.dtype(dtype).name,
         "subset": subset,
         "clean": clean,

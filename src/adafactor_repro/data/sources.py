@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import config_root
+
 # The config keys of the splits; `valid`/`test` are evaluation splits (BLEU on every line).
 SPLITS = ("train", "valid", "test")
 EVAL_SPLITS = ("valid", "test")
@@ -63,6 +65,11 @@ class SplitSource:
     def describe(self) -> list[str]:
         return [" + ".join(str(p) for p in part) for part in self.parts]
 
+    @property
+    def where(self) -> str:
+        """The folder of a local split's files (the hub path's split name for a hub split)."""
+        return str(Path(self.parts[0][0]).parent) if self.kind != "hub" else str(self.parts[0][0])
+
 
 def _find_local(local_dir: Path, stem: str, src_lang: str, tgt_lang: str, split: str) -> tuple[str, tuple]:
     def first(*cands: Path) -> Path | None:
@@ -86,10 +93,17 @@ def resolve_sources(cfg) -> dict[str, SplitSource]:
     """Locate every split's input; raises DataError naming the expected path when one is missing."""
     src_lang, tgt_lang = cfg["src_lang"], cfg["tgt_lang"]
     out: dict[str, SplitSource] = {}
+    local_dir = None
     if cfg.get("local_dir"):
         local_dir = Path(os.path.expanduser(str(cfg["local_dir"]))).resolve()
         if not local_dir.is_dir():
             raise DataError(f"data.local_dir={local_dir} is not a directory; {LOCAL_DIR_HINT}")
+    elif cfg.get("embedded"):  # the copy shipped in the repository (corpora/): builds offline
+        local_dir = config_root().parent / str(cfg["embedded"])
+        if not local_dir.is_dir():
+            raise DataError(f"data.embedded={cfg['embedded']}: no folder {local_dir} in this checkout; restore it "
+                            "(git checkout -- corpora) or read the hub with data.embedded=null")
+    if local_dir is not None:
         for split in SPLITS:
             kinds, parts, fp = set(), [], []
             for stem in _stems(cfg["splits"][split]):

@@ -37,9 +37,6 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
 
-    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
-        return self.sp.encode(texts, num_threads=num_threads)
-
     def decode(self, ids) -> str:
         # Generation output may carry bos/eos/pad: drop them (unk stays, rendered by sentencepiece as " ⁇ ").
         return self.sp.decode([i for i in map(int, ids) if i not in _CONTROL])

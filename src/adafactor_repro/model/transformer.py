@@ -1,7 +1,7 @@
 """The Transformer of Vaswani et al. (2017), "Attention Is All You Need", in one file.
 
 Encoder-decoder, sinusoidal positions, one shared source/target/output embedding, pre-norm (tensor2tensor's
-``transformer_base_v2``, which Shazeer & Stern 2018 trained) or post-norm (the paper's Figure 1). Attention
+``transformer_base_v2``, which Shazeer & Stern 2018 trained) or post-norm (Vaswani et al.'s layout). Attention
 is ``F.scaled_dot_product_attention`` (fused kernels on CPU and GPU). The decoder has an incremental path
 with a key/value cache for generation (``init_cache`` / ``decode_step``); ``evaluate.beam`` drives it.
 

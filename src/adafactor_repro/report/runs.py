@@ -9,6 +9,8 @@ from typing import Any
 
 import yaml
 
+from ..files import SUMMARY, read_json
+
 
 @dataclass
 class Run:
@@ -26,10 +28,6 @@ class Run:
     def warmup(self) -> bool:
         return bool(self.config.get("schedule", {}).get("linear_warmup", True))
 
-    @property
-    def schedule(self) -> str:
-        return str(self.summary.get("schedule") or ("warmup" if self.warmup else "no_warmup"))
-
     def series(self, key: str, split: str = "train") -> tuple[list[int], list[float]]:
         """(updates, values) of one logged quantity; entries without it are skipped."""
         xs, ys = [], []
@@ -38,15 +36,6 @@ class Run:
                 xs.append(int(m.get("update", m.get("step", 0))))
                 ys.append(float(m[key]))
         return xs, ys
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); delete it or rerun the run that writes it") from e
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -74,8 +63,8 @@ def load_run(path: str | Path) -> Run:
     return Run(
         path=path,
         config=config,
-        summary=_read_json(path / "summary.json"),
-        bleu=_read_json(path / "bleu.json"),
+        summary=read_json(path / SUMMARY, {}, strict=True),
+        bleu=read_json(path / "bleu.json", {}, strict=True),
         metrics=_read_jsonl(path / "metrics.jsonl"),
     )
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_write_text
 from .runs import Run
 
 # Row order of the paper's comparison (configs/sweep/paper.yaml lists the same names).
@@ -166,25 +165,6 @@ def to_csv(rows: list[dict[str, str]]) -> str:
         w.writeheader()
         w.writerows(rows)
     return buf.getvalue()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the mode open() would
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_table(rows: list[dict[str, str]], out_dir: str | Path, header: str) -> tuple[Path, Path]:

@@ -14,13 +14,6 @@ from .loss import label_smoothed_nll_loss
 from .metrics import MetricsLogger
 
 
-def bench_loop_overhead(args) -> str:
-    """scripts/bench_train.py's loop-overhead row (see train/bench.py)."""
-    from .bench import bench_loop_overhead as _bench
-
-    return _bench(args)
-
-
 def train(cfg):
     """Train (or resume) the run of a composed Hydra config; returns summary.json's content."""
     from .loop import train as _train
@@ -32,7 +25,6 @@ __all__ = [
     "CheckpointError",
     "MetricsLogger",
     "average_checkpoints",
-    "bench_loop_overhead",
     "find_resume_checkpoint",
     "label_smoothed_nll_loss",
     "load_checkpoint",

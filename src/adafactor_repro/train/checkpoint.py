@@ -4,20 +4,24 @@ One resumable dict per file: `model`, `optimizer`, `scheduler`, `sampler`, `rng`
 `config`, `model_args`, `data_dir`, `git_commit` (+ loop counters). Everything in it is a tensor or a plain
 Python value, so `torch.load(weights_only=True)` (no pickle code execution) reads it back.
 
-Writes are atomic: the bytes go to a temporary file in the same directory, are fsynced, then renamed over
-the target, so a crash mid-write leaves the previous file intact. `checkpoint_last.pt` is written once per
-save; `checkpoint_best.pt` and the periodic `checkpoint_<update>.pt` are hard links to that same inode
-(no second write of a large file), falling back to a copy where the filesystem has no links.
+Writes are atomic (adafactor_repro.files): the bytes go to a temporary file in the same directory, are
+fsynced, then renamed over the target, so a crash mid-write leaves the previous file intact.
+`checkpoint_last.pt` is written once per save; `checkpoint_best.pt` and the periodic
+`checkpoint_<update>.pt` are copies of it (copy_file_range: a reflink where the filesystem has them), never
+hard links, so that an edit of one file in place cannot reach another.
+
+Reads are verified: a checkpoint is a zip archive whose members carry CRC-32s, which `torch.load` never
+checks. `load_checkpoint` checks them first, so flipped bytes are a `CheckpointError` and the resume falls
+back to the previous file instead of training on from garbage.
 """
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
-import subprocess
 import warnings
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .metrics import atomic_write
+from ..files import atomic_write
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -78,32 +82,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
             )
 
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """HEAD of the repository holding this package (None outside a git checkout)."""
-    cwd = Path(cwd) if cwd else Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 # ----------------------------------------------------------------------------------------- writing
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
-def _atomic_link(src: Path, dst: Path) -> None:
-    """dst becomes another name of src's file, atomically (link to a temp name, then rename)."""
-    tmp = dst.parent / f".{dst.name}.{os.getpid()}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+def _atomic_copy(src: Path, dst: Path) -> None:
+    """dst becomes a separate file with src's bytes, atomically."""
+
+    def copy(f):
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f, length=16 << 20)
+
+    atomic_write(dst, copy, binary=True)
 
 
 def periodic_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -127,7 +118,7 @@ def save_checkpoint(
     best: bool = False,
     keep_last: int = 3,
 ) -> Path:
-    """Write checkpoint_last.pt; link it as checkpoint_<update>.pt and/or checkpoint_best.pt; prune the
+    """Write checkpoint_last.pt; copy it to checkpoint_<update>.pt and/or checkpoint_best.pt; prune the
     periodic ones to the newest `keep_last` (keep_last <= 0 keeps all)."""
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
@@ -137,22 +128,31 @@ def save_checkpoint(
     last = run_dir / LAST
     atomic_torch_save(state, last)
     if periodic:
-        _atomic_link(last, run_dir / f"checkpoint_{int(state['update'])}.pt")
+        _atomic_copy(last, run_dir / f"checkpoint_{int(state['update'])}.pt")
         if keep_last > 0:
             for _, p in periodic_checkpoints(run_dir)[:-keep_last]:
                 p.unlink(missing_ok=True)
     if best:
-        _atomic_link(last, run_dir / BEST)
+        _atomic_copy(last, run_dir / BEST)
     return last
 
 
 # ----------------------------------------------------------------------------------------- reading
+def verify_checkpoint(path: str | Path) -> None:
+    """Raise if a member of the checkpoint's zip archive fails its CRC-32 (or the archive is unreadable)."""
+    with zipfile.ZipFile(path) as z:
+        bad = z.testzip()
+    if bad is not None:
+        raise zipfile.BadZipFile(f"CRC-32 mismatch in {bad}")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint dict, read with the safe (weights-only) unpickler; CheckpointError names the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
+        verify_checkpoint(path)
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, bad magic, unsafe global, ... all mean "this file is unusable"
         raise CheckpointError(

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from ..config import ConfigError, EvalConfig, config_root, load_group, typed
 from ..data import load_raw, load_tokenizer
 from ..evaluate import bleu, translate
+from ..files import atomic_write_json, atomic_write_text
 from ..model import Transformer, TransformerConfig
 from .checkpoint import load_checkpoint
-from .metrics import atomic_write_json, atomic_write_text
 
 BLEU_FILE = "bleu.json"
 
@@ -42,9 +46,8 @@ def evaluate_bleu(
     tokenizer,
     data_dir: str | Path,
     splits: list[str],
-    eval_cfg,
+    eval_cfg: EvalConfig,
     out_dir: str | Path | None,
-    device: torch.device | str | None = None,
     max_sentences: int | None = None,
     tag: str = "",
     extra: dict[str, Any] | None = None,
@@ -58,15 +61,15 @@ def evaluate_bleu(
     for split in splits:
         sources, references = load_raw(data_dir, split)
         if max_sentences:
-            sources, references = sources[: int(max_sentences)], references[: int(max_sentences)]
+            sources, references = sources[:max_sentences], references[:max_sentences]
         t0 = time.perf_counter()
         with torch.no_grad():
-            hyps = translate(model, tokenizer, sources, beam=int(eval_cfg.beam), lenpen=float(eval_cfg.lenpen),
-                             batch_tokens=int(eval_cfg.batch_tokens), max_len_a=float(eval_cfg.max_len_a),
-                             max_len_b=int(eval_cfg.max_len_b))
+            hyps = translate(model, tokenizer, sources, beam=eval_cfg.beam, lenpen=eval_cfg.lenpen,
+                             batch_tokens=eval_cfg.batch_tokens, max_len_a=eval_cfg.max_len_a,
+                             max_len_b=eval_cfg.max_len_b)
         seconds = time.perf_counter() - t0
         r = dict(bleu.score(hyps, references))
-        r.update(sentences=len(sources), beam=int(eval_cfg.beam), lenpen=float(eval_cfg.lenpen),
+        r.update(sentences=len(sources), beam=eval_cfg.beam, lenpen=eval_cfg.lenpen,
                  decode_seconds=round(seconds, 3), sentences_per_s=len(sources) / seconds if seconds else None,
                  **(extra or {}))
         if out_dir is not None:
@@ -81,3 +84,67 @@ def evaluate_bleu(
         merged.update(results)
         atomic_write_json(path, merged)
     return results
+
+
+@dataclass
+class EvaluateArgs:
+    """scripts/evaluate.py's key=value arguments. The decoding keys (beam ... max_sentences) default to
+    None = the run's own `eval` config (configs/eval/default.yaml for a checkpoint that stores none)."""
+
+    run_dir: str | None = None     # a run directory (holds checkpoint_*.pt)
+    checkpoint: str | None = None  # a file name inside run_dir, or a path; default checkpoint_last.pt
+    splits: list[str] | None = None
+    beam: int | None = None
+    lenpen: float | None = None
+    batch_tokens: int | None = None
+    max_len_a: float | None = None
+    max_len_b: int | None = None
+    max_sentences: int | None = None  # evaluate a prefix only (quick checks); the paper's BLEU is on the full set
+    data_dir: str | None = None    # the prepared data directory, if not the one recorded in the checkpoint
+    out_dir: str | None = None     # where bleu.json and hyp files go; default: run_dir or the checkpoint's folder
+    device: str = "auto"
+    num_threads: int | None = None
+
+
+def parse_evaluate_args(argv: list[str]) -> EvaluateArgs:
+    keys = ", ".join(f.name for f in fields(EvaluateArgs))
+    bad = [a for a in argv if "=" not in a]
+    if bad:
+        raise ConfigError(f"arguments are key=value (got {bad}); keys: {keys}")
+    try:
+        args = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvaluateArgs), OmegaConf.from_dotlist(argv)))
+    except OmegaConfBaseException as e:
+        unknown = sorted(set(a.split("=", 1)[0] for a in argv) - {f.name for f in fields(EvaluateArgs)})
+        what = f"unknown keys {unknown}" if unknown else str(e).splitlines()[0]
+        raise ConfigError(f"{what}; known: {keys}") from None
+    if not args.run_dir and not args.checkpoint:
+        raise ConfigError("give run_dir=<run directory> and/or checkpoint=<file>")
+    return args
+
+
+def evaluate_checkpoint(args: EvaluateArgs) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """BLEU of the checkpoint `args` names: ({split[@checkpoint]: result}, a description for the report)."""
+    from .distributed import resolve_device
+
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    ckpt = Path(args.checkpoint or "checkpoint_last.pt")
+    if args.run_dir and not ckpt.is_absolute() and not ckpt.exists():
+        ckpt = Path(args.run_dir) / ckpt
+    if not ckpt.is_file():
+        held = (f"; {args.run_dir} holds {sorted(p.name for p in Path(args.run_dir).glob('*.pt'))}"
+                if args.run_dir and Path(args.run_dir).is_dir() else "")
+        raise ConfigError(f"checkpoint {ckpt} not found{held}")
+    device = resolve_device(args.device)
+    model, tokenizer, state = load_model(ckpt, device, args.data_dir)
+    # the defaults file, then what the run trained with, then the command line
+    eval_cfg = {**load_group(config_root() / "eval" / "default.yaml"), **((state.get("config") or {}).get("eval") or {})}
+    eval_cfg.update({f.name: getattr(args, f.name) for f in fields(EvalConfig) if getattr(args, f.name) is not None})
+    eval_cfg = typed(eval_cfg, EvalConfig, "eval")
+    out_dir = Path(args.out_dir or args.run_dir or ckpt.parent)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = "" if ckpt.name == "checkpoint_last.pt" else f"@{ckpt.stem}"
+    results = evaluate_bleu(model, tokenizer, args.data_dir or state["data_dir"], eval_cfg.splits, eval_cfg, out_dir,
+                            max_sentences=eval_cfg.max_sentences, tag=tag,
+                            extra={"checkpoint": str(ckpt), "update": int(state["update"])})
+    return results, {"checkpoint": ckpt, "update": state["update"], "eval": eval_cfg, "out_dir": out_dir}

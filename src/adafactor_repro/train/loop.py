@@ -8,7 +8,6 @@ the run ends (completed, diverged, interrupted, or a crash).
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -21,21 +20,50 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..config import ConfigError, EvalConfig, LoggerConfig, TrainerConfig, check_experiment, typed
 from ..data import TokenBatchSampler, TranslationDataset, collate, load_meta, load_tokenizer, prepare
+from ..files import SUMMARY, DirLock, atomic_write_json, atomic_write_text, read_summary, sweep_stale_temps
+from ..machine import git_commit
 from ..model import Transformer, TransformerConfig
 from ..optim import optimizer_state_breakdown, optimizer_state_bytes
 from . import distributed as D
 from . import step as S
-from .checkpoint import find_resume_checkpoint, git_commit, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import find_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluation import evaluate_bleu
-from .metrics import MetricsLogger, atomic_write_json, atomic_write_text
+from .metrics import MetricsLogger
 from .perf import peak_flops, peak_memory_bytes
 
-SUMMARY = "summary.json"
+# What a resume may change: when and how the loop reports, evaluates and stops, and where files are.
+# Anything else (optimizer, schedule, model, data, batch size, seed, precision) would make the run a
+# mixture of two configurations under one name, so a resume that changes it is refused.
+RESUME_MAY_CHANGE = (
+    "trainer.max_update", "trainer.max_epoch", "trainer.log_interval", "trainer.val_interval",
+    "trainer.save_interval", "trainer.keep_last", "trainer.bleu_interval", "trainer.bleu_at_end",
+    "trainer.num_threads", "trainer.device", "trainer.compile", "trainer.peak_flops",
+    "trainer.max_consecutive_nonfinite", "trainer.diverge_loss_factor", "eval.", "logger.",
+    "data.local_dir", "data.root", "data.num_workers", "run_dir", "data_artifact.dir",
+)
 
 
 class Diverged(RuntimeError):
-    pass
+    """(update, reason): non-finite updates in a row, or a loss past the explosion threshold."""
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def config_changes(stored: dict, new: dict) -> list[str]:
+    """'key: stored -> new' for every key in both configs whose value differs and that a resume may not
+    change (keys only one side has are new or retired knobs, not changes)."""
+    a, b = _flatten(stored), _flatten(new)
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b))
+            if a[k] != b[k] and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)]
 
 
 def _hydra_choice(cfg: DictConfig, group: str) -> str | None:
@@ -63,23 +91,9 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision in (None, "auto"):
+    if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp32":
-        return None
-    raise ValueError(f"trainer.precision={precision!r}: use auto, bf16 or fp32")
-
-
-def _read_summary(run_dir: Path) -> dict | None:
-    p = run_dir / SUMMARY
-    if not p.exists():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError:
-        return None
+    return torch.bfloat16 if precision == "bf16" else None
 
 
 def _epoch_batches(sampler, dataset, pad_id, bos_id, eos_id):
@@ -115,18 +129,27 @@ def validate(model, dataset, sampler, *, device, autocast_dtype, label_smoothing
 
 
 class _StopFlag:
-    """SIGTERM/SIGUSR1 (SLURM preemption, scancel): finish the update, save checkpoint_last.pt, exit."""
+    """SIGTERM/SIGUSR1 (SLURM preemption, scancel) and Ctrl-C: finish the update, save checkpoint_last.pt,
+    exit. A second Ctrl-C aborts at once, without saving."""
 
-    def __init__(self):
+    def __init__(self, say=print):
         self.set = False
         self._old = {}
-        for s in (signal.SIGTERM, signal.SIGUSR1):
+        self._say = say
+        for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+            if s == signal.SIGINT and signal.getsignal(s) is not signal.default_int_handler:
+                continue  # someone else handles Ctrl-C (a debugger, a launcher): leave it to them
             try:
                 self._old[s] = signal.signal(s, self._handler)
             except ValueError:  # not the main thread
                 pass
 
     def _handler(self, signum, frame):
+        if signum == signal.SIGINT:
+            if self.set:
+                raise KeyboardInterrupt
+            self._say("Ctrl-C: finishing this update and saving checkpoint_last.pt (Ctrl-C again aborts "
+                      "without saving)")
         self.set = True
 
     def restore(self):
@@ -170,26 +193,43 @@ class Trainer:
     """The setup of one run and the steps of its loop; `train(cfg)` drives it."""
 
     def __init__(self, cfg: DictConfig):
-        self.cfg, t = cfg, cfg.trainer
-        self.t = t
+        self.cfg = cfg
+        self.lock: DirLock | None = None
+        check_experiment(_hydra_choice(cfg, "experiments"))
+        self.t = t = typed(cfg.trainer, TrainerConfig, "trainer")
+        self.eval_cfg = typed(cfg.eval, EvalConfig, "eval")
+        self.logger_cfg = typed(cfg.logger, LoggerConfig, "logger")
         self.logger: MetricsLogger | None = None
         self.stop: _StopFlag | None = None
         self.dist = D.init_distributed(t.device)
         self.device, self.main = self.dist.device, self.dist.is_main
-        if t.get("num_threads"):
-            torch.set_num_threads(int(t.num_threads))
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
         self.run_dir = Path(cfg.run_dir)
-        self.prev = _read_summary(self.run_dir)
+        # One process per run directory, for the whole run: two would mix their files. Rank 0 holds it.
+        error = None
+        if self.main:
+            try:
+                self.lock = DirLock(self.run_dir).acquire()
+            except Exception as e:
+                error = e
+        error = D.broadcast_object(error)
+        if error is not None:
+            raise error
+        self.prev = read_summary(self.run_dir)
         self.state = TrainState()
 
     def finished_before(self) -> bool:
         """The run directory holds a diverged run, or one completed at >= trainer.max_update."""
         prev = self.prev
         return bool(prev) and (prev.get("status") == "diverged" or (
-            prev.get("status") == "completed" and int(prev.get("updates", 0)) >= int(self.t.max_update)))
+            prev.get("status") == "completed" and int(prev.get("updates", 0)) >= self.t.max_update))
 
     def setup(self) -> None:
         cfg, t, dist, device, main = self.cfg, self.t, self.dist, self.device, self.main
+        if main:  # temporary files of a writer killed mid-write (we hold the lock: none is live)
+            for p in sweep_stale_temps(self.run_dir):
+                print(f"{self.run_dir}: removed {p.name}, left by an interrupted write", flush=True)
         # -------------------------------------------------------------- data (rank 0 builds, others reuse)
         if main:
             data_dir = prepare(cfg.data)
@@ -200,21 +240,27 @@ class Trainer:
         self.tok = tok = load_tokenizer(data_dir)
         self.train_set = TranslationDataset(data_dir, "train")
         self.valid_set = TranslationDataset(data_dir, "valid")
-        self.sampler = TokenBatchSampler(self.train_set.src_lengths, self.train_set.tgt_lengths, int(t.max_tokens),
-                                         seed=int(t.seed), shuffle=True, num_replicas=dist.world_size, rank=dist.rank)
+        self.sampler = TokenBatchSampler(self.train_set.src_lengths, self.train_set.tgt_lengths, t.max_tokens,
+                                         seed=t.seed, shuffle=True, num_replicas=dist.world_size, rank=dist.rank)
         self.valid_sampler = TokenBatchSampler(self.valid_set.src_lengths, self.valid_set.tgt_lengths,
-                                               int(t.max_tokens), seed=int(t.seed), shuffle=False,
+                                               t.max_tokens, seed=t.seed, shuffle=False,
                                                num_replicas=dist.world_size, rank=dist.rank)
 
         # -------------------------------------------------------------- model, optimizer, schedule
-        torch.manual_seed(int(t.seed))
+        torch.manual_seed(t.seed)
         self.model_args = dict(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=tok.vocab_size,
                                pad_id=tok.pad_id)
         self.raw_model = Transformer(TransformerConfig(**self.model_args)).to(device)
         self.optimizer = instantiate(cfg.optim)(self.raw_model.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, instantiate(cfg.schedule))
         # dropout streams differ per rank; reseeding on rank 0 too keeps 1-process runs = rank 0 of N
-        torch.manual_seed(int(t.seed) + dist.rank)
+        torch.manual_seed(t.seed + dist.rank)
+
+        self.resolved = resolved_config(cfg)
+        # Which built data this run saw: the artifact's cache key and the sentencepiece model's sha256.
+        meta = load_meta(data_dir)
+        self.resolved["data_artifact"] = {"dir": str(data_dir), "key": meta.get("key"),
+                                          "spm_sha256": meta.get("spm", {}).get("sha256")}
 
         # -------------------------------------------------------------- resume
         resumed = find_resume_checkpoint(self.run_dir) if main else None
@@ -223,29 +269,24 @@ class Trainer:
             resumed = find_resume_checkpoint(self.run_dir)  # every rank reads the file rank 0 found usable
         if resumed:
             self._load(*resumed)
-        self.resolved = resolved_config(cfg)
-        # Which built data this run saw: the artifact's cache key and the sentencepiece model's sha256.
-        meta = load_meta(data_dir)
-        self.resolved["data_artifact"] = {"dir": str(data_dir), "key": meta.get("key"),
-                                          "spm_sha256": meta.get("spm", {}).get("sha256")}
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(self.resolved)))
         self.commit = git_commit()
 
         model = self.raw_model
-        if t.get("compile"):
+        if t.compile:
             model = torch.compile(model)
         if dist.distributed:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         model.train()
         self.model = model
-        self.autocast_dtype = _autocast_dtype(t.get("precision", "auto"), device)
-        self.peak = peak_flops(device, t.get("peak_flops"))
+        self.autocast_dtype = _autocast_dtype(t.precision, device)
+        self.peak = peak_flops(device, t.peak_flops)
         self.schedule_choice = _hydra_choice(cfg, "schedule")
-        self.logger = MetricsLogger(self.run_dir, enabled=main, wandb_cfg=OmegaConf.to_container(cfg.logger, resolve=True),
+        self.logger = MetricsLogger(self.run_dir, enabled=main, wandb_cfg=asdict(self.logger_cfg),
                                     run_name=f"{cfg.name}-{self.schedule_choice}", config=self.resolved,
-                                    total_updates=int(t.max_update), start_update=self.state.num_updates)
+                                    total_updates=t.max_update, start_update=self.state.num_updates)
         if main:
             self.logger.message(
                 f"{self.run_dir}: {'resuming from ' + self.resumed_path if self.resumed_path else 'new run'} at update "
@@ -256,9 +297,16 @@ class Trainer:
         self.batches = _epoch_batches(self.sampler, self.train_set, tok.pad_id, tok.bos_id, tok.eos_id)
         self.window = _Window(device)
         self.write_summary("running")
-        self.stop = _StopFlag()
+        self.stop = _StopFlag(self.logger.message if main else (lambda text: None))
 
     def _load(self, ckpt: dict, path: Path) -> None:
+        changed = config_changes(ckpt.get("config") or {}, self.resolved)
+        if changed:
+            raise ConfigError(
+                f"{self.run_dir} holds a run with other settings, resuming it would mix two configurations: "
+                f"{'; '.join(changed)}. Rerun with the stored values ({path.name}'s config, also in "
+                f"config.yaml) or give the new run another run_dir. A resume may change only: "
+                f"{', '.join(RESUME_MAY_CHANGE)}")
         self.raw_model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -280,15 +328,15 @@ class Trainer:
         t, st, c = self.t, self.state, self.state.counters
         t0 = time.perf_counter()
         micro, flops = [], 0.0
-        for _ in range(int(t.update_freq)):
+        for _ in range(t.update_freq):
             st.epoch, b = next(self.batches)
             # model FLOPs of the padded shapes (what the hardware computes), for MFU
             flops += self.raw_model.training_flops(tuple(b["src_tokens"].shape), tuple(b["target"].shape))
             micro.append(S.to_device(b, self.device))
-        if t.get("max_epoch") and st.epoch > int(t.max_epoch):  # the sampler counts epochs from 1
+        if t.max_epoch and st.epoch > t.max_epoch:  # the sampler counts epochs from 1
             return False
-        res = S.train_step(self.model, self.optimizer, micro, label_smoothing=float(t.label_smoothing),
-                           pad_id=self.tok.pad_id, clip_norm=float(t.clip_norm or 0.0),
+        res = S.train_step(self.model, self.optimizer, micro, label_smoothing=t.label_smoothing,
+                           pad_id=self.tok.pad_id, clip_norm=t.clip_norm,
                            autocast_dtype=self.autocast_dtype, world_size=self.dist.world_size,
                            scheduler=self.scheduler)
         dt = time.perf_counter() - t0
@@ -299,8 +347,9 @@ class Trainer:
             c["nonfinite_consecutive"] += 1
             self.logger.message(f"update {st.num_updates + 1}: non-finite loss or gradient, step skipped "
                                 f"({c['nonfinite_consecutive']} in a row, {c['nonfinite_total']} in all)")
-            if c["nonfinite_consecutive"] >= int(t.max_consecutive_nonfinite):
-                raise Diverged(st.num_updates + 1)
+            if c["nonfinite_consecutive"] >= t.max_consecutive_nonfinite:
+                raise Diverged(st.num_updates + 1, f"{t.max_consecutive_nonfinite} consecutive non-finite "
+                               "losses/gradients")
             return True
         c["nonfinite_consecutive"] = 0
         st.num_updates += 1
@@ -313,16 +362,26 @@ class Trainer:
         w.updates += 1
         w.time += dt
         w.flops += flops
-        if st.num_updates % int(t.log_interval) == 0 or st.num_updates == int(t.max_update):
-            _log_train(self.logger, self.optimizer, self.scheduler, w, st.num_updates, st.epoch, c, self.device,
-                       self.peak, self.main)
+        if st.num_updates % t.log_interval == 0 or st.num_updates == t.max_update:
+            rec = _log_train(self.logger, self.optimizer, self.scheduler, w, st.num_updates, st.epoch, c,
+                             self.device, self.peak, self.main)
+            self._check_explosion(rec["loss"], "training")
         return True
+
+    def _check_explosion(self, loss: float, what: str) -> None:
+        """A loss above diverge_loss_factor x ln(V) - that many times the loss of a uniform guess over the
+        vocabulary - is a run that has blown up while staying finite (docs/training.md)."""
+        limit = self.t.diverge_loss_factor * math.log(self.tok.vocab_size)
+        if self.t.diverge_loss_factor > 0 and loss > limit:
+            raise Diverged(self.state.num_updates, f"{what} loss {loss:.4g} above {self.t.diverge_loss_factor:g} x "
+                           f"ln(vocabulary {self.tok.vocab_size}) = {limit:.4g} (trainer.diverge_loss_factor)")
 
     def validate(self) -> dict:
         """Validation loss now; updates the best loss; logged."""
         st = self.state
         v = validate(self.raw_model, self.valid_set, self.valid_sampler, device=self.device,
-                     autocast_dtype=self.autocast_dtype, label_smoothing=float(self.t.label_smoothing), tok=self.tok)
+                     autocast_dtype=self.autocast_dtype, label_smoothing=self.t.label_smoothing, tok=self.tok)
+        self._check_explosion(v["loss"], "validation")
         improved = v["loss"] < st.best_valid
         st.best_valid = min(st.best_valid, v["loss"])
         self.logger.log({"split": "valid", "update": st.num_updates, "epoch": st.epoch, **v,
@@ -335,11 +394,11 @@ class Trainer:
         every trainer.bleu_interval. True when this update's validation loss is the best so far."""
         t, n = self.t, self.state.num_updates
         improved = False
-        if n % int(t.val_interval) == 0 or n == int(t.max_update):
+        if n % t.val_interval == 0 or n == t.max_update:
             improved = self.validate()["improved"]
-        if int(t.get("bleu_interval") or 0) > 0 and n % int(t.bleu_interval) == 0 and self.main:
-            b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.cfg.eval, None, self.device,
-                              max_sentences=self.cfg.eval.get("max_sentences"))
+        if t.bleu_interval > 0 and n % t.bleu_interval == 0 and self.main:
+            b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.eval_cfg, None,
+                              max_sentences=self.eval_cfg.max_sentences)
             self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
                              "bleu_sentences": b["valid"]["sentences"]})
         return improved
@@ -347,12 +406,9 @@ class Trainer:
     def maybe_checkpoint(self, improved: bool) -> None:
         """checkpoint_last.pt after each validation, periodic save, the last update and a stop signal."""
         t, n = self.t, self.state.num_updates
-        if self.dist.distributed:  # a signal may reach the ranks at different updates: stop together
-            flag = torch.tensor([float(self.stop.set)], device=self.device)
-            self.stop.set = bool(D.all_reduce_sum(flag).item())
-        validated = n % int(t.val_interval) == 0 or n == int(t.max_update)
-        periodic = n % int(t.save_interval) == 0
-        if validated or periodic or n == int(t.max_update) or self.stop.set:
+        validated = n % t.val_interval == 0 or n == t.max_update
+        periodic = n % t.save_interval == 0
+        if validated or periodic or n == t.max_update or self.stop.set:
             self.tick_wall_time()
             self.checkpoint(periodic=periodic, best=improved)
 
@@ -370,7 +426,7 @@ class Trainer:
             "epoch": int(self.sampler.state_dict()["epoch"]), "config": self.resolved, "model_args": self.model_args,
             "data_dir": str(self.data_dir), "git_commit": self.commit, "best_valid_loss": st.best_valid,
             "counters": dict(st.counters), "world_size": self.dist.world_size,
-        }, self.run_dir, periodic=periodic, best=best, keep_last=int(self.t.keep_last))
+        }, self.run_dir, periodic=periodic, best=best, keep_last=self.t.keep_last)
 
     def tick_wall_time(self) -> None:
         now = time.perf_counter()
@@ -403,33 +459,42 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def fit(self) -> dict[str, Any]:
         """Updates until trainer.max_update (or max_epoch, a stop signal, divergence); returns the summary."""
-        st, max_update = self.state, int(self.t.max_update)
+        st, max_update = self.state, self.t.max_update
         self._t_wall = time.perf_counter()
         try:
             while st.num_updates < max_update and not self.stop.set:
                 n = st.num_updates
                 if not self.train_step():
                     break
+                self._agree_on_stop()
                 if st.num_updates == n:  # a skipped (non-finite) update
                     continue
                 self.maybe_checkpoint(self.maybe_validate())
         except Diverged as e:
-            return self._diverged(e.args[0])
+            return self._diverged(*e.args)
         self.tick_wall_time()
         if self.stop.set and st.num_updates < max_update:
-            self.logger.message(f"{self.run_dir}: interrupted at update {st.num_updates}; checkpoint_last.pt saved, "
-                                "rerun to resume")
+            if st.saved_at != st.num_updates:  # stopped during skipped updates: the last finite state
+                self.checkpoint()
+            self.logger.message(f"{self.run_dir}: interrupted at update {st.num_updates}; checkpoint_last.pt saved at "
+                                f"update {st.saved_at}, rerun the same command to resume")
             return self.write_summary("running")
         return self._finish()
 
-    def _diverged(self, at: int) -> dict[str, Any]:
+    def _agree_on_stop(self) -> None:
+        if self.dist.distributed:  # a signal may reach the ranks at different updates: stop together
+            flag = torch.tensor([float(self.stop.set)], device=self.device)
+            self.stop.set = bool(D.all_reduce_sum(flag).item())
+
+    def _diverged(self, at: int, reason: str) -> dict[str, Any]:
         st = self.state
         self.tick_wall_time()
         self.logger.log({"split": "train", "update": st.num_updates, "event": "diverged", "diverged_at": at,
-                         "nonfinite": st.counters["nonfinite_total"]})
-        self.logger.message(f"{self.run_dir}: stopped at update {at} after {self.t.max_consecutive_nonfinite} "
-                            "consecutive non-finite losses/gradients: the run diverged (summary.json status=diverged)")
-        return self.write_summary("diverged", diverged_at=at, nonfinite_total=st.counters["nonfinite_total"])
+                         "reason": reason, "nonfinite": st.counters["nonfinite_total"]})
+        self.logger.message(f"{self.run_dir}: stopped at update {at}: {reason}; the run diverged "
+                            "(summary.json status=diverged)")
+        return self.write_summary("diverged", diverged_at=at, diverged_reason=reason,
+                                  nonfinite_total=st.counters["nonfinite_total"])
 
     def _finish(self) -> dict[str, Any]:
         """Final validation and checkpoint (if the last update had none), BLEU of the eval splits, summary."""
@@ -438,9 +503,9 @@ class Trainer:
             self.validate()
             self.checkpoint(best=st.last_valid["improved"])
         extra = {"nonfinite_total": st.counters["nonfinite_total"]}
-        if self.main and self.t.get("bleu_at_end", True):
-            bleu = evaluate_bleu(self.raw_model, self.tok, self.data_dir, list(self.cfg.eval.splits), self.cfg.eval,
-                                 self.run_dir, self.device, max_sentences=None,
+        if self.main and self.t.bleu_at_end:
+            bleu = evaluate_bleu(self.raw_model, self.tok, self.data_dir, self.eval_cfg.splits, self.eval_cfg,
+                                 self.run_dir, max_sentences=None,
                                  extra={"checkpoint": "checkpoint_last.pt", "update": st.num_updates})
             extra["bleu"] = {k: v.get("bleu") for k, v in bleu.items()}
             self.logger.log({"split": "test", "update": st.num_updates,
@@ -448,11 +513,13 @@ class Trainer:
         return self.write_summary("completed", **extra)
 
     def close(self) -> None:
-        """Close the log files (wandb, progress bar) and restore the signal handlers."""
+        """Close the log files (wandb, progress bar), restore the signal handlers, free the run directory."""
         if self.stop is not None:
             self.stop.restore()
         if self.logger is not None:
             self.logger.close()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -497,3 +564,4 @@ def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, 
         rec["optimizer_state_breakdown"] = optimizer_state_breakdown(optimizer)
     logger.log(rec)
     win.reset()
+    return rec

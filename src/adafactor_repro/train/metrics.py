@@ -12,48 +12,21 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
+from ..files import FILE_MODE, atomic_write_text
+
 METRICS = "metrics.jsonl"
-_umask = os.umask(0)
-os.umask(_umask)
-FILE_MODE = 0o666 & ~_umask
 
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
     return v
-
-
-def atomic_write(path: str | Path, write, binary: bool = False) -> None:
-    """Write `path` through `write(file)` into a temporary file beside it, fsync, then rename: a reader (or
-    a crash) sees the old file or the new one, never half of one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp creates 0600; give the file the mode open() would
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text))
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def truncate_metrics(path: str | Path, max_update: int) -> None:
@@ -94,7 +67,7 @@ class MetricsLogger:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         truncate_metrics(self.path, start_update)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         self._init_wandb(wandb_cfg or {}, run_name, config)
         if sys.stdout.isatty():
             from tqdm import tqdm

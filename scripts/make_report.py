@@ -1,38 +1,23 @@
 #!/usr/bin/env python
 """Rebuild results/<scale>/table2.{md,csv} and the plots from the run directories under runs/<scale>/.
 
-    python scripts/tabulate.py --scale cpu
-    python scripts/tabulate.py --runs runs/cpu --out results/cpu --note "partial: 3 of 30 runs"
+    python scripts/make_report.py --scale cpu
+    python scripts/make_report.py --runs runs/cpu --out results/cpu --note "partial: 3 of 30 runs"
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
-from adafactor_repro.machine import cpu_name
+from adafactor_repro.machine import git_commit, machine_header
 from adafactor_repro.report import build_rows, find_runs, write_table
 from adafactor_repro.report.plots import plot_optimizer_memory, plot_rms_update, plot_valid_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> str:
-    return f"{cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     header = "\n".join([
         f"# Optimizer comparison (paper's Table 2), `{args.scale}` scale",
         "",
-        f"- command: `{' '.join(shlex.quote(a) for a in ['python', 'scripts/tabulate.py', *(argv or sys.argv[1:])])}`"
+        f"- command: `{' '.join(shlex.quote(a) for a in ['python', 'scripts/make_report.py', *(argv or sys.argv[1:])])}`"
         f" over {len(runs)} run directories in `{runs_root.relative_to(ROOT) if runs_root.is_relative_to(ROOT) else runs_root}`",
-        f"- commit: {git_commit()}; tabulated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
-        f"- machine: {machine()}" + (f"; runs on: {', '.join(devices)}" if devices else ""),
+        f"- commit: {git_commit(short=True) or 'unknown'}; tabulated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- machine: {machine_header()}" + (f"; runs on: {', '.join(devices)}" if devices else ""),
         "- BLEU: sacreBLEU on the detokenized output (signature in each run's bleu.json); `tok. BLEU` is the"
         " tokenized, compound-split score (tensor2tensor/fairseq style), labelled separately.",
         "- opt. state: bytes held in optimizer state (exact); B/param divides by the model's parameter count.",
