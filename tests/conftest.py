@@ -101,6 +101,15 @@ def shared_data() -> Path:
     return p
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread_from_the_start():
+    """The same for module- and session-scoped fixtures, which are set up before any function's fixture
+    (test_beam's trained model took minutes instead of seconds on a loaded machine with two threads)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tests use tiny models: one intra-op thread is as fast and cannot thrash when the machine is busy

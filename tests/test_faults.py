@@ -212,7 +212,7 @@ def test_train_script_errors_are_one_line_without_traceback(tmp_path, repo_root,
     cmd = [sys.executable, str(repo_root / "scripts" / "train.py"), f"data.local_dir={toy_corpus}",
            f"data.root={tmp_path / 'data'}", *TINY, f"run_dir={tmp_path / 'run'}"]
     for extra, says in ((["experiments=afx_adafactr"], "experiments=afx_adafactr: no "),
-                        (["trainer.max_update=ten"], "trainer config: Value 'ten' of type 'str' could not be "
+                        (["trainer.max_update=ten"], "trainer.max_update: Value 'ten' of type 'str' could not be "
                                                      "converted to Integer"),
                         (["data.local_dir=/nowhere"], "data.local_dir=/nowhere is not a directory")):
         p = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -92,8 +92,10 @@ def typed(node: Any, schema: type[T], group: str) -> T:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
         msg = str(e).splitlines()[0]
-        raise ConfigError(f"{group} config: {msg} (see configs/{group}/default.yaml for the keys and types)") from None
+        raise ConfigError(f"{group}.{key}: {msg} (see configs/{group}/default.yaml for the keys and types)"
+                          if key else f"{group}: {msg} (see configs/{group}/default.yaml)") from None
 
 
 def config_root() -> Path:

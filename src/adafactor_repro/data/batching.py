@@ -13,6 +13,8 @@ import warnings
 
 import numpy as np
 
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID
+
 
 class TokenBatchSampler:
     """Yields lists of dataset indices; use as ``DataLoader(ds, batch_sampler=sampler, collate_fn=collate)``.
@@ -151,7 +153,7 @@ class TokenBatchSampler:
         self.epoch, self.position = int(state["epoch"]), position
 
 
-def collate(samples, pad_id: int = 0, bos_id: int = 2, eos_id: int = 3) -> dict:
+def collate(samples, pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> dict:
     """`src_tokens` = ids + eos, `prev_output_tokens` = bos + ids, `target` = ids + eos; right-padded."""
     import torch  # here, not at module level: building data (prepare, its workers) never needs torch
 
