@@ -15,6 +15,7 @@ SCALE       ?= $(shell [ -x $(PY) ] && $(PY) -c "import torch;print('gpu' if tor
 DATA        ?=
 DATA_DIR    ?=
 EXPERIMENTS ?=
+SWEEP       ?=
 LAUNCHER    ?=
 # runs at once: one per core at the cpu scale (each trains on one thread), one at a time on a GPU
 JOBS        ?= $(if $(filter cpu,$(SCALE)),$(shell nproc 2>/dev/null || echo 1),1)
@@ -25,7 +26,8 @@ help: ## List the targets and their knobs
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 	@echo
 	@echo "Knobs: SCALE=cpu|gpu (auto: $(SCALE))  DATA=wmt14|multi30k  DATA_DIR=<local copy>"
-	@echo "       EXPERIMENTS=afx_adam,afx_adafactor  LAUNCHER=slurm  JOBS=$(JOBS)  ARGS='<extra arguments>'"
+	@echo "       SWEEP=table2|table2_core|paper  EXPERIMENTS=table2_A,table2_O  LAUNCHER=slurm  JOBS=$(JOBS)"
+	@echo "       ARGS='<extra arguments>'"
 	@echo "       VENV=$(VENV)  TORCH=$(TORCH)"
 
 $(STAMP): pyproject.toml
@@ -54,11 +56,11 @@ train: $(STAMP) ## One training run: make train ARGS='experiments=afx_adafactor 
 evaluate: $(STAMP) ## BLEU of a run: make evaluate ARGS='run_dir=runs/cpu/afx_adam-warmup'
 	$(PY) scripts/evaluate.py $(ARGS)
 
-reproduce: $(STAMP) ## The paper's optimizer comparison at SCALE, then the tables and plots
+reproduce: $(STAMP) ## The paper's Table 2 at SCALE (SWEEP=table2: every cell, 3 seeds), then tables and plots
 	$(PY) scripts/reproduce.py --scale $(SCALE) $(if $(DATA_DIR),--data-dir $(abspath $(DATA_DIR))) \
-		$(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) --jobs $(JOBS) $(ARGS)
+		$(if $(SWEEP),--sweep $(SWEEP)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) --jobs $(JOBS) $(ARGS)
 
-tabulate: $(STAMP) ## Rebuild results/<scale>/ tables and plots from the run directories
+tabulate: $(STAMP) ## Rebuild results/<scale>/ tables and plots from the committed runs (results/<scale>/runs)
 	$(PY) scripts/make_report.py --scale $(SCALE) $(ARGS)
 
 bench: bench-optim bench-data bench-train ## All benchmarks (project against its peers, ratios printed)

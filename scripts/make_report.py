@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Rebuild results/<scale>/table2.{md,csv} and the plots from the run directories under runs/<scale>/.
+"""Rebuild results/<scale>/ from run directories: table2.{md,csv} (the paper's Table 2 cell by cell, seeds
+aggregated, the paper's BLEU beside ours), runs.{md,csv} (every run), and the plots.
 
-    python scripts/make_report.py --scale cpu
-    python scripts/make_report.py --runs runs/cpu --out results/cpu --note "partial: 3 of 30 runs"
+    python scripts/make_report.py --scale cpu                       # reads results/cpu/runs (the committed runs)
+    python scripts/make_report.py --runs runs/cpu --out /tmp/table  # any folder of run directories
 """
 
 from __future__ import annotations
@@ -13,22 +14,23 @@ import shlex
 import sys
 from pathlib import Path
 
+from adafactor_repro.files import atomic_write_text
 from adafactor_repro.machine import git_commit, machine_header
-from adafactor_repro.report import build_rows, find_runs, write_table
-from adafactor_repro.report.plots import plot_optimizer_memory, plot_rms_update, plot_valid_loss
+from adafactor_repro.report import build_rows, find_runs, table2, write_table
+from adafactor_repro.report.plots import plot_figure1, plot_optimizer_memory, plot_valid_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", default="cpu", help="scale name: reads runs/<scale>, writes results/<scale>")
-    ap.add_argument("--runs", type=Path, help="run directories root (default runs/<scale>)")
+    ap.add_argument("--scale", default="cpu", help="scale name: reads results/<scale>/runs, writes results/<scale>")
+    ap.add_argument("--runs", type=Path, help="run directories root (default results/<scale>/runs)")
     ap.add_argument("--out", type=Path, help="output folder (default results/<scale>)")
     ap.add_argument("--note", default="", help="a line added to the header, e.g. 'partial: ...'")
     args = ap.parse_args(argv)
-    runs_root = args.runs or ROOT / "runs" / args.scale
     out = args.out or ROOT / "results" / args.scale
+    runs_root = args.runs or out / "runs"
 
     runs = find_runs(runs_root)
     if not runs:
@@ -36,22 +38,45 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     devices = sorted({str(r.summary.get("device")) for r in runs if r.summary.get("device")})
-    header = "\n".join([
-        f"# Optimizer comparison (paper's Table 2), `{args.scale}` scale",
-        "",
+    where = runs_root.relative_to(ROOT) if runs_root.is_relative_to(ROOT) else runs_root
+    common = [
         f"- command: `{' '.join(shlex.quote(a) for a in ['python', 'scripts/make_report.py', *(argv or sys.argv[1:])])}`"
-        f" over {len(runs)} run directories in `{runs_root.relative_to(ROOT) if runs_root.is_relative_to(ROOT) else runs_root}`",
+        f" over {len(runs)} run directories in `{where}`",
         f"- commit: {git_commit(short=True) or 'unknown'}; tabulated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine_header()}" + (f"; runs on: {', '.join(devices)}" if devices else ""),
+        *([f"- note: {args.note}"] if args.note else []),
+    ]
+    summary = table2.summarize(runs)
+    split = summary["split"]
+    stems = {(r.config.get("data") or {}).get("splits", {}).get(split) for r in runs} - {None}
+    t2_header = "\n".join([
+        f"# The paper's Table 2, `{args.scale}` scale: every cell, the paper's BLEU beside ours",
+        "",
+        "- paper: Shazeer & Stern, arXiv:1804.04235v1, Table 2 (BLEU on newstest2013, WMT14 En-De, Transformer,"
+        " 100k steps); our BLEU: sacreBLEU on the detokenized output of "
+        f"`{split}` ({', '.join(sorted(stems)) or split}), beam and length penalty of configs/eval, signature in"
+        " each run's bleu.json. The two BLEU columns are on different corpora and model sizes: compare verdicts"
+        " (collapsed / trains), not numbers.",
+        "- bleu_mean, bleu_sd over seeds (`seeds_bleu` lists them); opt_state_B_per_param: optimizer state bytes"
+        " per model parameter (exact).",
+        *common,
+    ])
+    wide = ("## Side by side (the paper's layout; **≠**: our collapse/train verdict differs from the paper's)\n\n"
+            + table2.to_wide_markdown(summary["rows"]))
+    atomic_write_text(out / "table2.md", t2_header + "\n\n" + wide + "\n## Every cell\n\n"
+                      + table2.to_markdown(summary["rows"], summary["cells"]))
+    atomic_write_text(out / "table2.csv", table2.to_csv(summary["rows"]))
+    runs_header = "\n".join([
+        f"# Every run, `{args.scale}` scale (one row per run directory, seeds apart)",
+        "",
         "- BLEU: sacreBLEU on the detokenized output (signature in each run's bleu.json); `tok. BLEU` is the"
         " tokenized, compound-split score (tensor2tensor/fairseq style), labelled separately.",
         "- opt. state: bytes held in optimizer state (exact); B/param divides by the model's parameter count.",
-        *([f"- note: {args.note}"] if args.note else []),
+        *common,
     ])
-    rows = build_rows(runs)
-    md, cs = write_table(rows, out, header)
-    made = [md, cs]
-    for fn, name in ((plot_valid_loss, "valid_loss.png"), (plot_rms_update, "rms_update.png"),
+    md, cs = write_table(build_rows(runs), out, runs_header, stem="runs")
+    made = [out / "table2.md", out / "table2.csv", md, cs]
+    for fn, name in ((plot_valid_loss, "valid_loss.png"), (plot_figure1, "figure1_rms_update.png"),
                      (plot_optimizer_memory, "optimizer_memory.png")):
         p = fn(runs, out / name)
         if p is not None:

@@ -1,15 +1,17 @@
 #!/usr/bin/env python
 """The paper's optimizer comparison end to end: data -> sentencepiece -> train each experiment ->
-evaluate -> tabulate. `make reproduce` calls this.
+evaluate -> tables and plots (scripts/make_report.py). `make reproduce` calls this.
 
-    python scripts/reproduce.py --scale cpu --data-dir ../shared/data/multi30k
-    python scripts/reproduce.py --scale cpu --sweep core --jobs 2            # 10 runs, two at a time
-    python scripts/reproduce.py --experiments afx_adam,afx_adafactor --schedules no_warmup
+    python scripts/reproduce.py --scale cpu --data-dir ../shared/data/multi30k   # Table 2, 3 seeds per cell
+    python scripts/reproduce.py --scale cpu --sweep table2_core --jobs 2     # 10 runs, two at a time
+    python scripts/reproduce.py --experiments table2_A,table2_O --schedules no_warmup --seeds 1
     python scripts/reproduce.py --scale gpu --launcher slurm                 # the grid as SLURM jobs
 
-Each cell runs in its own process, so one crash cannot take the sweep down. A rerun skips finished runs
-(completed or diverged) and resumes interrupted ones from their checkpoint_last.pt. Extra Hydra overrides
-after `--` go to every training run (e.g. `-- trainer.max_update=200`).
+Each cell (experiment, schedule, seed) runs in its own process, so one crash cannot take the sweep down, and
+seed 1 of every cell runs before any seed 2. A finished run's small files are published to
+results/<scale>/runs/<cell>/ (committed); a rerun skips cells finished there or in runs/<scale>/ and resumes
+interrupted ones from their checkpoint_last.pt. Extra Hydra overrides after `--` go to every training run
+(e.g. `-- trainer.max_update=200`).
 """
 
 from __future__ import annotations
@@ -29,14 +31,52 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "configs" / "sweep"
 
 
-def sweep_cells(sweep: str) -> tuple[list[str], list[str]]:
-    """(experiments, schedules) of a committed sweep file: the single list of the grid."""
+def sweep_cells(sweep: str) -> tuple[list[str], list[str], list[int]]:
+    """(experiments, schedules, seeds) of a committed sweep file: the single list of the grid."""
     path = SWEEPS / f"{sweep}.yaml"
     if not path.exists():
         known = ", ".join(p.stem for p in sorted(SWEEPS.glob("*.yaml")))
         raise SystemExit(f"unknown sweep {sweep!r}: no {path}; known sweeps: {known}")
     params = yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"]
-    return params["experiments"].split(","), params["schedule"].split(",")
+    seeds = [int(s) for s in str(params.get("trainer.seed", "1")).split(",")]
+    return params["experiments"].split(","), params["schedule"].split(","), seeds
+
+
+def cell_name(exp: str, sched: str, seed: int) -> str:
+    """The run directory's name (configs/train.yaml run_dir): <experiment>-<schedule>-s<seed>."""
+    return f"{exp}-{sched}-s{seed}"
+
+
+def finished(run_dir: Path) -> str | None:
+    """"completed" or "diverged" when the cell needs no more work (a completed run also needs its BLEU)."""
+    status = run_status(run_dir)
+    if status == "diverged" or (status == "completed" and (run_dir / "bleu.json").exists()):
+        return status
+    return None
+
+
+# What a published run keeps: enough to rebuild every table and plot, and to audit each cell (no checkpoints).
+PUBLISHED = ("config.yaml", "summary.json", "bleu.json", "metrics.jsonl")
+
+
+def publish(run_dir: Path, dest: Path) -> None:
+    """Copy a finished run's small files to results/<scale>/runs/<cell> (committed), atomically: a temporary
+    sibling directory renamed over the old copy, so an interrupted copy never leaves half a run behind."""
+    import shutil
+    import tempfile
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+    try:
+        for name in PUBLISHED:
+            if (run_dir / name).exists():
+                shutil.copy2(run_dir / name, tmp / name)
+        tmp.chmod(0o755)
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def sh(cmd: list[str], dry: bool, log: Path | None = None) -> int:
@@ -59,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:i], argv[i + 1:]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", default="cpu", help="cpu | gpu | vaswani (configs/scale)")
-    ap.add_argument("--sweep", default="paper", help="a file of configs/sweep/ (paper: the full grid; core)")
+    ap.add_argument("--sweep", default="table2",
+                    help="a file of configs/sweep/ (table2: every cell of the paper's Table 2 with seeds; "
+                         "table2_core: the named core subset; paper: the tensor2tensor afx_* grid)")
     ap.add_argument("--experiments", help="comma-separated subset of the sweep's experiments")
     ap.add_argument("--schedules", help="comma-separated subset of warmup,no_warmup")
+    ap.add_argument("--seeds", help="comma-separated subset of the sweep's seeds (trainer.seed)")
     ap.add_argument("--data-dir", help="local copy of the corpus (data.local_dir); default: the data config's "
                                        "embedded copy (Multi30k ships in corpora/), else the hub")
     ap.add_argument("--launcher", default="local", choices=["local", "slurm"])
@@ -73,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
 
-    exps, scheds = sweep_cells(args.sweep)
+    exps, scheds, seeds = sweep_cells(args.sweep)
     if args.experiments:
         wanted = args.experiments.split(",")
         unknown = sorted(set(wanted) - {p.stem for p in (ROOT / "experiments").glob("*.yaml")})
@@ -82,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         exps = wanted
     if args.schedules:
         scheds = args.schedules.split(",")
+    if args.seeds:
+        seeds = [int(x) for x in args.seeds.split(",")]
     py = sys.executable
     runs_dir = (args.runs_dir or ROOT / "runs" / args.scale).resolve()
+    results_dir = (args.results_dir or ROOT / "results" / args.scale).resolve()
+    published = results_dir / "runs"
     common = [f"scale={args.scale}", *([f"data.local_dir={Path(args.data_dir).resolve()}"] if args.data_dir else [])]
 
     # 1. data + sentencepiece (cached by a hash of the inputs; the training runs reuse it)
@@ -95,35 +142,45 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[str] = []
     if args.launcher == "slurm":
         rc = sh([py, "scripts/train.py", "-m", "hydra/launcher=slurm", *common, f"experiments={','.join(exps)}",
-                 f"schedule={','.join(scheds)}", f"hydra.sweep.dir={runs_dir}",
-                 f"run_dir={runs_dir}/${{name}}-${{hydra:runtime.choices.schedule}}", *extra], args.dry_run)
+                 f"schedule={','.join(scheds)}", f"trainer.seed={','.join(map(str, seeds))}",
+                 f"hydra.sweep.dir={runs_dir}",
+                 f"run_dir={runs_dir}/${{name}}-${{hydra:runtime.choices.schedule}}-s${{trainer.seed}}", *extra],
+                args.dry_run)
         if rc != 0:
             failed.append("slurm sweep")
     else:
-        cells = [(e, s) for e in exps for s in scheds]
+        # Seed-major order: every cell gets its first seed before any gets its second, so a sweep cut short
+        # (a session's end) leaves the whole table covered, with fewer seeds.
+        cells = [(e, s, seed) for seed in seeds for s in scheds for e in exps]
         todo = []
-        for k, (exp, sched) in enumerate(cells, 1):
-            run_dir = runs_dir / f"{exp}-{sched}"
-            status = run_status(run_dir)
-            tag = f"[{k}/{len(cells)}] {exp} {sched}"
-            if status == "diverged" or (status == "completed" and (run_dir / "bleu.json").exists()):
-                print(f"{tag}: {status}, skipped", flush=True)
+        for k, (exp, sched, seed) in enumerate(cells, 1):
+            name = cell_name(exp, sched, seed)
+            run_dir = runs_dir / name
+            tag = f"[{k}/{len(cells)}] {name}"
+            done = finished(published / name)
+            if done:
+                print(f"{tag}: {done}, published, skipped", flush=True)
+            elif done := finished(run_dir):
+                publish(run_dir, published / name)
+                print(f"{tag}: {done}, skipped", flush=True)
             else:
-                todo.append((tag, exp, sched, run_dir, status))
+                todo.append((tag, exp, sched, seed, run_dir, run_status(run_dir)))
 
-        def run_cell(tag: str, exp: str, sched: str, run_dir: Path, status: str) -> str | None:
+        def run_cell(tag: str, exp: str, sched: str, seed: int, run_dir: Path, status: str) -> str | None:
             # With several jobs at once each cell's output goes to its own log beside the run directories.
-            log = runs_dir / "logs" / f"{exp}-{sched}.log" if args.jobs > 1 else None
+            log = runs_dir / "logs" / f"{run_dir.name}.log" if args.jobs > 1 else None
             if status != "completed":
                 print(f"{tag}: {'resuming' if status == 'running' else 'training'}"
                       + (f" (log: {log})" if log else ""), flush=True)
                 rc = sh([py, "scripts/train.py", *common, f"experiments={exp}", f"schedule={sched}",
-                         f"run_dir={run_dir}", *extra], args.dry_run, log)
+                         f"trainer.seed={seed}", f"run_dir={run_dir}", *extra], args.dry_run, log)
                 if rc != 0:
-                    return f"{exp}-{sched} (exit {rc})"
+                    return f"{run_dir.name} (exit {rc})"
             if not args.dry_run and run_status(run_dir) == "completed" and not (run_dir / "bleu.json").exists():
                 if sh([py, "scripts/evaluate.py", f"run_dir={run_dir}"], args.dry_run, log) != 0:
-                    return f"{exp}-{sched} (evaluation)"
+                    return f"{run_dir.name} (evaluation)"
+            if not args.dry_run and finished(run_dir):
+                publish(run_dir, published / run_dir.name)
             print(f"{tag}: {run_status(run_dir) if not args.dry_run else 'done'}", flush=True)
             return None
 
@@ -133,14 +190,14 @@ def main(argv: list[str] | None = None) -> int:
         # with its summary still "running" and must not pass for done.
         if not args.dry_run:
             listed = {f.split(" ")[0] for f in failed}
-            for _, exp, sched, run_dir, _ in todo:
+            for *_, run_dir, _ in todo:
                 status = run_status(run_dir)
-                if f"{exp}-{sched}" not in listed and status not in ("completed", "diverged"):
-                    failed.append(f"{exp}-{sched} (status {status})")
+                if run_dir.name not in listed and status not in ("completed", "diverged"):
+                    failed.append(f"{run_dir.name} (status {status})")
 
-    # 3. tables and plots
-    sh([py, "scripts/make_report.py", "--scale", args.scale, "--runs", str(runs_dir),
-        *(["--out", str(args.results_dir.resolve())] if args.results_dir else [])], args.dry_run)
+    # 3. tables and plots, from the published copies (what is committed is what the table shows)
+    sh([py, "scripts/make_report.py", "--scale", args.scale,
+        "--runs", str(published if args.launcher == "local" else runs_dir), "--out", str(results_dir)], args.dry_run)
     if failed:
         print(f"{len(failed)} run(s) neither completed nor diverged (rerun `make reproduce` to resume them): "
               + ", ".join(failed), file=sys.stderr)

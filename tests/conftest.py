@@ -60,7 +60,8 @@ def compose_tiny(run_dir: Path, corpus: Path, data_root: Path, *overrides: str):
             f"data.local_dir={corpus}", f"data.root={data_root}", *TINY,
             "trainer.max_update=30", "trainer.log_interval=5", "trainer.val_interval=10",
             "trainer.save_interval=10", "eval.splits=[valid,test]", "schedule.warmup_updates=10",
-            "schedule.time_scale=1.0", "optim.lr=1.0", f"run_dir={run_dir}", *overrides,
+            "schedule.time_scale=1.0", "schedule.warmup_time_scale=null", "optim.lr=1.0", f"run_dir={run_dir}",
+            *overrides,
         ])
     HydraConfig.instance().set_config(cfg)  # as @hydra.main does: ${hydra:...} and the choices resolve
     return cfg

@@ -79,6 +79,8 @@ def check_against_reference(kw, shapes, steps, grads=None, rtol=2e-5, atol=2e-6)
         torch.testing.assert_close(st["rms_u_mean"].item(), sum(ref.rms_u) / len(ref.rms_u), rtol=1e-4, atol=0)
         torch.testing.assert_close(st["rms_u_max"].item(), max(ref.rms_u), rtol=1e-4, atol=0)
         torch.testing.assert_close(st["step_size_mean"].item(), sum(ref.alpha) / len(ref.alpha), rtol=1e-5, atol=0)
+        for p, want in zip(params, ref.rms_u):
+            assert opt.rms_u(p).item() == pytest.approx(want, rel=1e-4, abs=1e-12)
     assert opt._plans, "the Triton path did not run"
     return opt, params, ref
 

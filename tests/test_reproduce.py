@@ -21,26 +21,31 @@ def test_two_experiment_cpu_sweep_end_to_end(tmp_path, repo_root, toy_corpus):
     corpus = toy_corpus
     runs, results = tmp_path / "runs", tmp_path / "results"
     cmd = [sys.executable, str(repo_root / "scripts" / "reproduce.py"), "--scale", "cpu",
-           "--experiments", "afx_adam,afx_adafactor", "--schedules", "no_warmup", "--data-dir", str(corpus),
+           "--experiments", "afx_adam,afx_adafactor", "--schedules", "no_warmup", "--seeds", "1",
+           "--data-dir", str(corpus),
            "--runs-dir", str(runs), "--results-dir", str(results), "--jobs", "2",
            "--", f"data.root={tmp_path / 'data'}", *SWEEP]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
-    for name in ("afx_adam-no_warmup", "afx_adafactor-no_warmup"):
+    for name in ("afx_adam-no_warmup-s1", "afx_adafactor-no_warmup-s1"):
         d = runs / name
         summary = json.loads((d / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["updates"] == 6, summary
         assert set(json.loads((d / "bleu.json").read_text())) == {"test"}  # the cpu scale scores test2016
         assert (d / "hyp.test.txt").read_text().count("\n") == 16
+        # each finished run is published (its small files only) under results/<scale>/runs for committing
+        pub = results / "runs" / name
+        assert sorted(p.name for p in pub.iterdir()) == ["bleu.json", "config.yaml", "metrics.jsonl", "summary.json"]
+        assert (pub / "summary.json").read_bytes() == (d / "summary.json").read_bytes()
     # no momentum buffer: at this toy size (d 32 < min_dim_size_to_factor) nothing is factored, so Adafactor
     # keeps one full second moment where Adam keeps two buffers
-    adam = json.loads((runs / "afx_adam-no_warmup" / "summary.json").read_text())["optimizer_state_bytes"]
-    afx = json.loads((runs / "afx_adafactor-no_warmup" / "summary.json").read_text())["optimizer_state_bytes"]
+    adam = json.loads((runs / "afx_adam-no_warmup-s1" / "summary.json").read_text())["optimizer_state_bytes"]
+    afx = json.loads((runs / "afx_adafactor-no_warmup-s1" / "summary.json").read_text())["optimizer_state_bytes"]
     assert afx < 0.6 * adam
 
-    with open(results / "table2.csv") as f:
+    with open(results / "runs.csv") as f:
         rows = list(csv.DictReader(f))
     assert [(r["experiment"], r["warmup"], r["status"]) for r in rows] == [
         ("afx_adam", "no", "completed"), ("afx_adafactor", "no", "completed")]
@@ -52,8 +57,16 @@ def test_two_experiment_cpu_sweep_end_to_end(tmp_path, repo_root, toy_corpus):
     # a rerun trains nothing: both cells are finished
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("completed, skipped") == 2
+    assert again.stdout.count("completed, published, skipped") == 2
     assert "scripts/train.py" not in again.stdout
+
+    # on a fresh machine (no runs/ at all) the committed copies are enough: nothing is retrained
+    import shutil
+
+    shutil.rmtree(runs)
+    fresh = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert fresh.stdout.count("completed, published, skipped") == 2 and "scripts/train.py" not in fresh.stdout
 
 
 @pytest.mark.parametrize("rc", [0, 4, -9])
@@ -77,9 +90,9 @@ def test_a_cell_left_running_fails_the_sweep_and_is_listed(tmp_path, repo_root, 
         return rc if stopped else 0
 
     monkeypatch.setattr(mod, "sh", fake_sh)
-    code = mod.main(["--experiments", "afx_adam,afx_adafactor", "--schedules", "no_warmup",
+    code = mod.main(["--experiments", "afx_adam,afx_adafactor", "--schedules", "no_warmup", "--seeds", "1",
                      "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")])
     err = capsys.readouterr().err
     assert code == 1
-    assert "1 run(s) neither completed nor diverged" in err and "afx_adam-no_warmup (" in err
+    assert "1 run(s) neither completed nor diverged" in err and "afx_adam-no_warmup-s1 (" in err
     assert "afx_adafactor" not in err  # a diverged cell is a finished one

@@ -81,6 +81,8 @@ class LoggerConfig:
     project: str = MISSING
     entity: str | None = MISSING
     tags: list[str] = field(default_factory=lambda: MISSING)
+    # parameter names whose RMS(U) is logged as optim_rms_u/<name> (the paper's Figure 1)
+    track_rms_u: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.mode not in ("offline", "online", "disabled"):

@@ -134,6 +134,7 @@ class Adafactor(Optimizer):
         super().__init__(params, defaults)
         self._scratch: dict[torch.device, torch.Tensor] = {}
         self._last: list = []  # per-tensor statistics of the last step, reduced by stats()
+        self._rms_index: dict | None = None  # parameter -> (chunk of _last, index), built by rms_u()
         self._plans: dict[tuple, _triton.Plan] = {}
         # Stochastic-rounding seed of the Triton path: from torch's seed, without drawing from its generator.
         self._seed = torch.initial_seed() % (1 << 24)
@@ -335,7 +336,8 @@ class Adafactor(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         compiling = torch.compiler.is_compiling()
-        # Per chunk of tensors: (RMS(U) before clipping, alpha, clipped or None, beta2t, clip_threshold).
+        # Per chunk of tensors: (RMS(U) before clipping, alpha, clipped or None, beta2t, clip_threshold,
+        # the chunk's parameters).
         last = []
         triton_work: dict[tuple, tuple[list, list, list]] = {}
         for gi, group in enumerate(self.param_groups):
@@ -364,17 +366,18 @@ class Adafactor(Optimizer):
                     work[2].append(gi)
                 else:
                     rms, alpha, beta2t = self._eager(p, state, group)
-                    last.append((rms.reshape(1), alpha.reshape(1), None, beta2t.reshape(1), d))
+                    last.append((rms.reshape(1), alpha.reshape(1), None, beta2t.reshape(1), d, [p]))
             if c_params:
                 rms, alpha, beta2t = self._fused(c_params, c_states, group, lib)
-                last.append((rms, alpha, None, beta2t, d))
+                last.append((rms, alpha, None, beta2t, d, c_params))
         for key, (params, states, group_ids) in triton_work.items():
             plan = self._plans.get(key)
             if plan is None or not plan.matches(params, self.param_groups):
                 plan = self._plans[key] = _triton.Plan(params, states, group_ids, self.param_groups, key, self._seed)
             plan.step(self.param_groups)
-            last.append((plan.out[0], plan.out[1], plan.out[2], plan.b2[:, 0], None))
+            last.append((plan.out[0], plan.out[1], plan.out[2], plan.b2[:, 0], None, params))
         self._last = last
+        self._rms_index = None
         return loss
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -392,6 +395,14 @@ class Adafactor(Optimizer):
                     self.state[p]["step"] = step
                 elif torch.is_tensor(value) and value.dtype != self.state[p][key].dtype:
                     self.state[p][key] = value.to(device=p.device, dtype=value.dtype, copy=True)
+
+    def rms_u(self, p: torch.Tensor) -> torch.Tensor | None:
+        """RMS(U) of parameter ``p``'s update before clipping at the last ``step()``, a 0-d tensor on its device
+        (the paper's Figure 1 plots it for one weight matrix); ``None`` when ``p`` did not step. No sync."""
+        if self._rms_index is None:
+            self._rms_index = {q: (c, j) for c, chunk in enumerate(self._last) for j, q in enumerate(chunk[5])}
+        where = self._rms_index.get(p)
+        return None if where is None else self._last[where[0]][0][where[1]]
 
     def stats(self) -> dict[str, torch.Tensor]:
         """The paper's Figure 1 quantities of the last ``step()`` as 0-d tensors on the parameters' device:

@@ -36,6 +36,11 @@ def _sorted_names(runs: list[Run]) -> list[str]:
 
 def plot_valid_loss(runs: list[Run], path: Path, title: str = "") -> Path | None:
     runs = [r for r in runs if r.series("loss", "valid")[0]]
+    # one curve per configuration and schedule: its lowest seed
+    first: dict[tuple[str, bool], Run] = {}
+    for r in sorted(runs, key=lambda r: (r.config.get("trainer") or {}).get("seed", 0)):
+        first.setdefault((r.name, r.warmup), r)
+    runs = list(first.values())
     if not runs:
         return None
     colors = _colors(_sorted_names(runs))
@@ -45,7 +50,7 @@ def plot_valid_loss(runs: list[Run], path: Path, title: str = "") -> Path | None
             if r.warmup != warm:
                 continue
             x, y = r.series("loss", "valid")
-            label = r.name + (" (diverged)" if r.summary.get("status") == "diverged" else "")
+            label = str(r.config.get("paper_row") or r.name) + (" (diverged)" if r.summary.get("status") == "diverged" else "")
             ax.plot(x, y, color=colors[r.name], label=label, lw=1.4)
         ax.set_title(("with" if warm else "without") + " linear warmup")
         ax.set_xlabel("update")
@@ -53,39 +58,63 @@ def plot_valid_loss(runs: list[Run], path: Path, title: str = "") -> Path | None
         if ax.lines:
             ax.legend(fontsize=7, ncol=2)
     axes[0].set_ylabel("validation loss (label-smoothed CE)")
-    fig.suptitle(title or "Validation loss")
+    fig.suptitle(title or "Validation loss (one seed per configuration)")
     return _save(fig, path)
 
 
-def _rms_series(run: Run, stat: str = "mean") -> tuple[list[int], list[float]]:
-    """RMS(U) before clipping, over tensors, as the training loop logs Adafactor.stats()."""
-    return run.series(f"optim_rms_u_{stat}")
+# The weight matrix of Figure 1 (the paper does not name its matrix): the first FFN matrix of the first
+# encoder layer. Any matrix the run logged (logger.track_rms_u) can be passed instead.
+FIGURE1_MATRIX = "encoder.0.ffn.fc1.weight"
 
 
-def plot_rms_update(runs: list[Run], path: Path, title: str = "") -> Path | None:
-    """Figure 1 of the paper: RMS of the unclipped update for b2 0.999 without warmup, with and without
-    update clipping. Uses afx_base / afx_clip (no_warmup), or any such pair of runs."""
-    def fixed_slow_b2(r: Run) -> bool:
-        o = r.config.get("optim", {})
-        return "Adafactor" in str(o.get("_target_", "")) and o.get("beta2") == 0.999 and not r.warmup
+def _rms_series(run: Run, matrix: str) -> tuple[list[int], list[float]]:
+    """RMS(U) before clipping of one weight matrix, as the loop logs Adafactor.rms_u() (optim_rms_u/<name>)."""
+    return run.series(f"optim_rms_u/{matrix}")
 
-    picks = [r for r in runs if fixed_slow_b2(r) and _rms_series(r)[0]]
-    if not picks:
+
+def plot_figure1(runs: list[Run], path: Path, matrix: str = FIGURE1_MATRIX, rows=("A", "G")) -> Path | None:
+    """The paper's Figure 1: RMS(U) of one weight matrix over the updates for b2 = 0.999 (Table 2 row A)
+    against b2 = 0.9 (row G), with warmup (the paper's figure) and without (a second panel), beside the
+    validation loss of the same runs. One seed per curve (the lowest)."""
+    def pick(row: str, warm: bool) -> Run | None:
+        cands = [r for r in runs if r.config.get("paper_row") == row and r.warmup == warm
+                 and _rms_series(r, matrix)[0]]
+        return min(cands, key=lambda r: (r.config.get("trainer") or {}).get("seed", 0), default=None)
+
+    chosen = {(row, warm): pick(row, warm) for row in rows for warm in (True, False)}
+    if not any(chosen.values()):
         return None
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for r in sorted(picks, key=lambda r: r.name):
-        clip = r.config["optim"].get("clip_threshold")
-        x, y = _rms_series(r)
-        line, = ax.plot(x, y, lw=1.4, label=f"{r.name}: clipping {'off' if clip is None else f'd={clip:g}'} (mean)")
-        xm, ym = _rms_series(r, "max")
-        ax.plot(xm, ym, lw=0.8, ls=":", color=line.get_color(), label=f"{r.name} (max over tensors)")
-    ax.axhline(1.0, color="k", lw=0.8, ls="--")
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.6))
+    colors = dict(zip(rows, ("tab:red", "tab:blue", "tab:green", "tab:purple")))
+    for ax, warm in zip(axes[:2], (True, False)):
+        for row in rows:
+            r = chosen[(row, warm)]
+            if r is None:
+                continue
+            b2 = r.config.get("optim", {}).get("beta2")
+            x, y = _rms_series(r, matrix)
+            ax.plot(x, y, color=colors[row], lw=1.2, label=f"row {row}: b2 = {b2}")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_title(f"RMS(U) of {matrix}, {'with' if warm else 'without'} warmup")
+        ax.set_xlabel("update")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+        if len(ax.lines) > 1:  # the d = 1 reference line alone gets no legend
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel("RMS of the unclipped update U")
+    ax = axes[2]
+    for (row, warm), r in chosen.items():
+        if r is not None:
+            x, y = r.series("loss", "valid")
+            ax.plot(x, y, color=colors[row], ls="-" if warm else "--", lw=1.2,
+                    label=f"row {row}, {'warmup' if warm else 'no warmup'}")
+    ax.set_title("validation loss of the same runs")
     ax.set_xlabel("update")
-    ax.set_ylabel("RMS(U) before clipping")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    ax.set_title(title or "b2 = 0.999, no warmup: RMS of the unclipped update (paper's Figure 1)")
+    ax.set_ylabel("validation loss (label-smoothed CE)")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    fig.suptitle("Figure 1 of the paper (b2 0.999 vs 0.9, no momentum, no clipping)")
     return _save(fig, path)
 
 

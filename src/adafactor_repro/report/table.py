@@ -11,47 +11,22 @@ from typing import Any
 from ..files import atomic_write_text
 from .runs import Run
 
-# Row order of the paper's comparison (configs/sweep/paper.yaml lists the same names).
+# Row order: the paper's Table 2 cells (experiments/table2_*), then tensor2tensor's afx_* configurations.
 ORDER = [
+    *(f"table2_{r}" for r in [*"ABCDEFGHIJKLMNOP", "Q1", "Q10", "Q100", "Q150", "Q200", "Q300"]),
     "afx_adam", "vaswani_adam", "afx_mimic_adam", "afx_base", "afx_factored", "afx_fast", "afx_clip",
     "afx_clip2", "afx_clip_factored", "afx_pow05", "afx_pow08", "afx_pow10", "afx_pow08_clip",
     "afx_relative", "afx_adafactor",
 ]
-
-# What the paper reports for each configuration (Sections 5-9, Table 2), in words: the claim our row tests.
-# Keys: (experiment, warmup) with warmup None when the finding holds either way.
-PAPER_FINDINGS: dict[tuple[str, bool | None], str] = {
-    ("afx_adam", True): "baseline: trains well with warmup",
-    ("afx_adam", False): "slow b2 (0.999) without warmup: unstable, BLEU collapses",
-    ("vaswani_adam", None): "the published regime (b2 0.98); reference point",
-    ("afx_mimic_adam", None): "Adafactor emulating Adam behaves like Adam",
-    ("afx_base", True): "momentum unnecessary: b1 0 matches Adam with warmup",
-    ("afx_base", False): "slow b2 without warmup: unstable",
-    ("afx_factored", True): "factored second moments ~ full ones",
-    ("afx_factored", False): "factored, slow b2, no warmup: unstable like the full version",
-    ("afx_fast", None): "fast decay b2 0.9: stable even without warmup, but clearly worse",
-    ("afx_clip", True): "update clipping costs nothing with warmup",
-    ("afx_clip", False): "update clipping (d 1) restores stability without warmup",
-    ("afx_clip2", None): "clipping at d 2 also stabilizes",
-    ("afx_clip_factored", None): "clipping + factoring ~ full, stable",
-    ("afx_pow05", None): "increasing decay 1-t^-0.5: stable, decays too fast to match the best",
-    ("afx_pow08", True): "increasing decay 1-t^-0.8 ~ Adam",
-    ("afx_pow08", False): "increasing decay 1-t^-0.8 restores stability without warmup",
-    ("afx_pow10", None): "1-t^-1 (mean of all past gradients): the slow end of the family",
-    ("afx_pow08_clip", None): "increasing decay + clipping: stable and ~ Adam",
-    ("afx_relative", None): "relative step size (Section 8): comparable quality",
-    ("afx_adafactor", None): "the full proposal ~ Adam with almost no optimizer memory",
-}
-
-
-def paper_finding(name: str, warmup: bool) -> str:
-    return PAPER_FINDINGS.get((name, warmup)) or PAPER_FINDINGS.get((name, None), "")
 
 
 def describe_optimizer(config: dict[str, Any]) -> dict[str, str]:
     """The paper's columns from a resolved config: b1, b2 or decay schedule, clipping d, factored, scale."""
     optim = config.get("optim", {})
     target = str(optim.get("_target_", ""))
+    if target.endswith("SGD"):
+        return {"optimizer": "SGD", "beta1": f"{optim.get('momentum', 0.0):g}", "beta2": "-", "clip_d": "-",
+                "factored": "-", "relative_step": "no"}
     if target.endswith("Adam") or target.endswith("AdamW"):
         b1, b2 = (optim.get("betas") or [0.9, 0.999])[:2]
         return {"optimizer": "Adam", "beta1": f"{b1:g}", "beta2": f"{b2:g}", "clip_d": "-",
@@ -64,7 +39,7 @@ def describe_optimizer(config: dict[str, Any]) -> dict[str, str]:
         "beta1": f"{optim.get('beta1', 0.0):g}",
         "beta2": decay,
         "clip_d": "-" if clip is None else f"{clip:g}",
-        "factored": "yes" if optim.get("factored", True) else "no",
+        "factored": {True: "yes", False: "no"}.get(optim.get("factored", True), f"{optim.get('factored')} only"),
         "relative_step": "yes" if optim.get("scale_parameter", True) else "no",
     }
 
@@ -96,14 +71,17 @@ def _split_label(run: Run, split: str) -> str:
 
 def build_rows(runs: list[Run]) -> list[dict[str, str]]:
     order = {n: i for i, n in enumerate(ORDER)}
-    runs = sorted(runs, key=lambda r: (order.get(r.name, len(ORDER)), r.name, not r.warmup))
+    runs = sorted(runs, key=lambda r: (order.get(r.name, len(ORDER)), r.name, not r.warmup,
+                                       (r.config.get("trainer") or {}).get("seed", 0)))
     rows = []
     for r in runs:
         s = r.summary
         status = s.get("status", "missing")
         n_params = s.get("num_parameters") or 0
         state = s.get("optimizer_state_bytes")
-        row: dict[str, str] = {"experiment": r.name, "warmup": "yes" if r.warmup else "no"}
+        row: dict[str, str] = {"experiment": r.name, "paper_row": str(r.config.get("paper_row") or "-"),
+                               "warmup": "yes" if r.warmup else "no",
+                               "seed": str((r.config.get("trainer") or {}).get("seed", "-"))}
         row.update(describe_optimizer(r.config))
         for split in ("valid", "test"):
             entry = r.bleu.get(split)
@@ -120,7 +98,6 @@ def build_rows(runs: list[Run]) -> list[dict[str, str]]:
             "peak mem MiB": _fmt((s.get("peak_memory_bytes") or 0) / 2**20 or None, ".0f"),
             "tokens/s": _fmt(s.get("tokens_per_s"), ".0f"),
             "wall min": _fmt((s.get("wall_time_s") or 0) / 60 or None, ".1f"),
-            "paper's finding": paper_finding(r.name, r.warmup),
         })
         rows.append(row)
     return _with_delta_vs_adam(_drop_empty_bleu_columns(rows))
@@ -167,10 +144,10 @@ def to_csv(rows: list[dict[str, str]]) -> str:
     return buf.getvalue()
 
 
-def write_table(rows: list[dict[str, str]], out_dir: str | Path, header: str) -> tuple[Path, Path]:
-    """results/<scale>/table2.md (header + markdown table) and table2.csv."""
+def write_table(rows: list[dict[str, str]], out_dir: str | Path, header: str, stem: str = "runs") -> tuple[Path, Path]:
+    """results/<scale>/<stem>.md (header + markdown table) and <stem>.csv."""
     out_dir = Path(out_dir)
-    md, cs = out_dir / "table2.md", out_dir / "table2.csv"
+    md, cs = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
     atomic_write_text(md, header.rstrip() + "\n\n" + to_markdown(rows))
     atomic_write_text(cs, to_csv(rows))
     return md, cs

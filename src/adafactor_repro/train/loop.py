@@ -281,6 +281,13 @@ class Trainer:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         model.train()
         self.model = model
+        # Figure 1 of the paper: RMS(U) of chosen weight matrices, logged with the other optimizer statistics.
+        named = dict(self.raw_model.named_parameters())
+        unknown = [n for n in self.logger_cfg.track_rms_u if n not in named]
+        if unknown:
+            raise ConfigError(f"logger.track_rms_u: no parameter named {unknown}; the model's are e.g. "
+                              f"{list(named)[:4]}")
+        self.tracked = {n: named[n] for n in self.logger_cfg.track_rms_u}
         self.autocast_dtype = _autocast_dtype(t.precision, device)
         self.peak = peak_flops(device, t.peak_flops)
         self.schedule_choice = _hydra_choice(cfg, "schedule")
@@ -364,7 +371,7 @@ class Trainer:
         w.flops += flops
         if st.num_updates % t.log_interval == 0 or st.num_updates == t.max_update:
             rec = _log_train(self.logger, self.optimizer, self.scheduler, w, st.num_updates, st.epoch, c,
-                             self.device, self.peak, self.main)
+                             self.device, self.peak, self.main, self.tracked)
             self._check_explosion(rec["loss"], "training")
         return True
 
@@ -541,12 +548,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         D.cleanup()  # the process group goes with the run, a crash included
 
 
-def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main):
+def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main, tracked=None):
     """One record per log_interval; the only place device scalars are read back (one sync)."""
     n = max(win.updates, 1)
     stats = {}
     if hasattr(optimizer, "stats"):
         st = optimizer.stats()
+        for name, p in (tracked or {}).items():
+            v = optimizer.rms_u(p) if hasattr(optimizer, "rms_u") else None
+            if v is not None:
+                st[f"rms_u/{name}"] = v
         keys = list(st)
         vals = torch.stack([st[k].float().to(device) for k in keys]).tolist() if keys else []
         stats = {f"optim_{k}": v for k, v in zip(keys, vals)}
