@@ -218,3 +218,19 @@ def test_train_script_errors_are_one_line_without_traceback(tmp_path, repo_root,
         p = subprocess.run(cmd + extra, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         err = p.stderr.strip().splitlines()
         assert p.returncode == 1 and len(err) == 1 and err[0].startswith(f"train.py: error: {says}"), p.stderr
+
+
+def test_config_changes_allowed_on_resume():
+    from adafactor_repro.train.loop import config_changes
+
+    stored = {"optim": {"lr": 1.0}, "trainer": {"max_update": 10, "update_freq": 8, "log_interval": 5},
+              "logger": {"mode": "offline"}, "data_artifact": {"dir": "/a", "key": "k1"}}
+    same = {"optim": {"lr": 1.0}, "trainer": {"max_update": 99, "update_freq": 8, "log_interval": 1},
+            "logger": {"mode": "disabled"}, "data_artifact": {"dir": "/b", "key": "k1"}, "new_knob": 1}
+    assert config_changes(stored, same) == []
+    assert config_changes(stored, {**same, "data_artifact": {"dir": "/b", "key": "k2"}}) == [
+        "data_artifact.key: 'k1' -> 'k2'"]
+    # 8 accumulation steps on 1 process = 1 step on each of 8 processes: the same update
+    one_on_8 = {**same, "trainer": {**same["trainer"], "update_freq": 1}}
+    assert config_changes(stored, one_on_8, stored_world_size=1, world_size=8) == []
+    assert config_changes(stored, one_on_8, stored_world_size=1, world_size=4) == ["trainer.update_freq: 8 -> 1"]

@@ -58,12 +58,16 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def config_changes(stored: dict, new: dict) -> list[str]:
+def config_changes(stored: dict, new: dict, stored_world_size: int = 1, world_size: int = 1) -> list[str]:
     """'key: stored -> new' for every key in both configs whose value differs and that a resume may not
-    change (keys only one side has are new or retired knobs, not changes)."""
+    change (keys only one side has are new or retired knobs, not changes). trainer.update_freq may change
+    with the number of processes when their product, the batch of an update, stays the same."""
     a, b = _flatten(stored), _flatten(new)
+    allowed = lambda k: any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)  # noqa: E731
+    k = "trainer.update_freq"
+    same_batch = k in a and k in b and a[k] * stored_world_size == b[k] * world_size
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b))
-            if a[k] != b[k] and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)]
+            if a[k] != b[k] and not allowed(k) and not (k == "trainer.update_freq" and same_batch)]
 
 
 def _hydra_choice(cfg: DictConfig, group: str) -> str | None:
@@ -307,7 +311,8 @@ class Trainer:
         self.stop = _StopFlag(self.logger.message if main else (lambda text: None))
 
     def _load(self, ckpt: dict, path: Path) -> None:
-        changed = config_changes(ckpt.get("config") or {}, self.resolved)
+        changed = config_changes(ckpt.get("config") or {}, self.resolved, int(ckpt.get("world_size", 1)),
+                                 self.dist.world_size)
         if changed:
             raise ConfigError(
                 f"{self.run_dir} holds a run with other settings, resuming it would mix two configurations: "
