@@ -14,9 +14,9 @@
  * Row-only (V-hat_ij = R_i) and column-only (V-hat_ij = C_j) tensors take the same two passes with the other
  * factor set to 1 (an exact multiplication), so pass 2 is shared.
  *
- * meta rows (int64, 9 per tensor): kind (1 factored, 2 row-only, 3 column-only, 0 full), B, n, m, x, g,
- * r_or_v, c, mom. A factored tensor is B matrices of n x m (its leading dims flattened); a full one has n*m
- * elements. */
+ * meta rows (int64, 10 per tensor): kind (1 factored, 2 row-only, 3 column-only, 0 full), B, n, m, x, g,
+ * r_or_v, c, mom, step (a float32 count). A factored tensor is B matrices of n x m (its leading dims
+ * flattened); a full one has n*m elements. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -62,7 +62,7 @@ typedef struct {
     float s;       /* alpha / clipping denominator */
 } tensor;
 
-static int setup(tensor *t, const int64_t *md, double beta2t) {
+static int setup(tensor *t, const int64_t *md) {
     memset(t, 0, sizeof *t);
     t->kind = (int)md[0];
     t->factored = t->kind != KIND_FULL;
@@ -70,7 +70,6 @@ static int setup(tensor *t, const int64_t *md, double beta2t) {
     t->x = (float *)(intptr_t)md[4];
     t->g = (const float *)(intptr_t)md[5];
     t->mom = (float *)(intptr_t)md[8];
-    t->b2 = (float)beta2t, t->omb2 = (float)(1.0 - beta2t);
     if (t->factored) {
         t->R = (float *)(intptr_t)md[6], t->C = (float *)(intptr_t)md[7];
         t->K = t->n < ROW_GROUPS ? t->n : ROW_GROUPS;
@@ -331,17 +330,28 @@ static int64_t pass2_blocks(const tensor *t) { return t->factored ? t->B * t->n 
  * loaded machine every region and barrier waits for its slowest thread to be scheduled, so two per step beat
  * several per tensor. Small tensors (biases, layer norms)
  * run on the calling thread. The blocks, and so the results, are the same either way. */
-int afx_step(int64_t k, const int64_t *meta, const double *beta2t, double eps1, double lr, double eps2,
-             double clip, int scale_parameter, double beta1, double wdf, int nthreads, int64_t small_numel,
-             float *rms_out, float *alpha_out) {
+int afx_step(int64_t k, const int64_t *meta, double beta2, double decay_exponent, double eps1, double lr,
+             double eps2, double clip, int scale_parameter, double beta1, double wdf, int nthreads,
+             int64_t small_numel, float *rms_out, float *alpha_out, double *beta2t_out) {
     const hyper h = {eps1, lr, eps2, clip, beta1, wdf, scale_parameter};
     tensor *ts = (tensor *)calloc((size_t)(k > 0 ? k : 1), sizeof(tensor));
     int ok = ts != NULL;
-    for (int64_t i = 0; ok && i < k; i++) ok = setup(&ts[i], meta + 9 * i, beta2t[i]);
+    for (int64_t i = 0; ok && i < k; i++) ok = setup(&ts[i], meta + 10 * i);
     if (!ok) {
         for (int64_t i = 0; ts && i < k; i++) release(&ts[i]);
         free(ts);
         return -1;
+    }
+    /* Nothing can fail from here on: advance the step counts and compute beta2t in double, the expressions
+     * of Adafactor._beta2t (Section 7.2: 1 - t^-c; Section 7.1: beta2 (1 - beta2^(t-1)) / (1 - beta2^t)). */
+    for (int64_t i = 0; i < k; i++) {
+        float *step = (float *)(intptr_t)meta[10 * i + 9];
+        const double t = (double)(*step + 1.0f);
+        *step = (float)t;
+        const double b2t = beta2 < 0.0 ? 1.0 - pow(t, -decay_exponent)
+                                       : beta2 * (1.0 - pow(beta2, t - 1.0)) / (1.0 - pow(beta2, t));
+        beta2t_out[i] = b2t;
+        ts[i].b2 = (float)b2t, ts[i].omb2 = (float)(1.0 - b2t);
     }
     const float e1 = (float)eps1;
     int64_t nlarge = 0;
