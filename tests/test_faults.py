@@ -221,7 +221,7 @@ def test_train_script_errors_are_one_line_without_traceback(tmp_path, repo_root,
 
 
 def test_config_changes_allowed_on_resume():
-    from adafactor_repro.train.loop import config_changes
+    from adafactor_repro.train.resume import config_changes
 
     stored = {"optim": {"lr": 1.0}, "trainer": {"max_update": 10, "update_freq": 8, "log_interval": 5},
               "logger": {"mode": "offline"}, "data_artifact": {"dir": "/a", "key": "k1"}}

@@ -9,7 +9,6 @@ the run ends (completed, diverged, interrupted, or a crash).
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,42 +31,12 @@ from .checkpoint import find_resume_checkpoint, rng_state, save_checkpoint, set_
 from .evaluation import evaluate_bleu
 from .metrics import MetricsLogger
 from .perf import peak_flops, peak_memory_bytes
-
-# What a resume may change: when and how the loop reports, evaluates and stops, and where files are.
-# Anything else (optimizer, schedule, model, data, batch size, seed, precision) would make the run a
-# mixture of two configurations under one name, so a resume that changes it is refused.
-RESUME_MAY_CHANGE = (
-    "trainer.max_update", "trainer.max_epoch", "trainer.log_interval", "trainer.val_interval",
-    "trainer.save_interval", "trainer.keep_last", "trainer.bleu_interval", "trainer.bleu_at_end",
-    "trainer.num_threads", "trainer.device", "trainer.compile", "trainer.peak_flops",
-    "trainer.max_consecutive_nonfinite", "trainer.diverge_loss_factor", "eval.", "logger.",
-    "data.local_dir", "data.root", "data.num_workers", "run_dir", "data_artifact.dir",
-)
+from .resume import RESUME_MAY_CHANGE, config_changes, resolved_config
+from .signals import StopFlag
 
 
 class Diverged(RuntimeError):
     """(update, reason): non-finite updates in a row, or a loss past the explosion threshold."""
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-
-
-def config_changes(stored: dict, new: dict, stored_world_size: int = 1, world_size: int = 1) -> list[str]:
-    """'key: stored -> new' for every key in both configs whose value differs and that a resume may not
-    change (keys only one side has are new or retired knobs, not changes). trainer.update_freq may change
-    with the number of processes when their product, the batch of an update, stays the same."""
-    a, b = _flatten(stored), _flatten(new)
-    allowed = lambda k: any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)  # noqa: E731
-    k = "trainer.update_freq"
-    same_batch = k in a and k in b and a[k] * stored_world_size == b[k] * world_size
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b))
-            if a[k] != b[k] and not allowed(k) and not (k == "trainer.update_freq" and same_batch)]
 
 
 def _hydra_choice(cfg: DictConfig, group: str) -> str | None:
@@ -81,17 +50,6 @@ def _hydra_choice(cfg: DictConfig, group: str) -> str | None:
         if group == "scale":
             return cfg.get("scale_name")
         return None
-
-
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain values, interpolations resolved, without Hydra's own `hydra` node."""
-    out = {}
-    for k in cfg:
-        if k == "hydra":
-            continue
-        v = cfg[k]
-        out[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-    return out
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -130,36 +88,6 @@ def validate(model, dataset, sampler, *, device, autocast_dtype, label_smoothing
     loss, nll, n = sums.tolist()
     n = max(n, 1.0)
     return {"loss": loss / n, "nll": nll / n, "ppl": math.exp(min(nll / n, 100.0)), "ntokens": int(n)}
-
-
-class _StopFlag:
-    """SIGTERM/SIGUSR1 (SLURM preemption, scancel) and Ctrl-C: finish the update, save checkpoint_last.pt,
-    exit. A second Ctrl-C aborts at once, without saving."""
-
-    def __init__(self, say=print):
-        self.set = False
-        self._old = {}
-        self._say = say
-        for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            if s == signal.SIGINT and signal.getsignal(s) is not signal.default_int_handler:
-                continue  # someone else handles Ctrl-C (a debugger, a launcher): leave it to them
-            try:
-                self._old[s] = signal.signal(s, self._handler)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handler(self, signum, frame):
-        if signum == signal.SIGINT:
-            if self.set:
-                raise KeyboardInterrupt
-            self._say("Ctrl-C: finishing this update and saving checkpoint_last.pt (Ctrl-C again aborts "
-                      "without saving)")
-        self.set = True
-
-    def restore(self):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        self._old = {}
 
 
 @dataclass
@@ -204,7 +132,7 @@ class Trainer:
         self.eval_cfg = typed(cfg.eval, EvalConfig, "eval")
         self.logger_cfg = typed(cfg.logger, LoggerConfig, "logger")
         self.logger: MetricsLogger | None = None
-        self.stop: _StopFlag | None = None
+        self.stop: StopFlag | None = None
         self.dist = D.init_distributed(t.device)
         self.device, self.main = self.dist.device, self.dist.is_main
         if t.num_threads:
@@ -308,7 +236,7 @@ class Trainer:
         self.batches = _epoch_batches(self.sampler, self.train_set, tok.pad_id, tok.bos_id, tok.eos_id)
         self.window = _Window(device)
         self.write_summary("running")
-        self.stop = _StopFlag(self.logger.message if main else (lambda text: None))
+        self.stop = StopFlag(self.logger.message if main else (lambda text: None))
 
     def _load(self, ckpt: dict, path: Path) -> None:
         changed = config_changes(ckpt.get("config") or {}, self.resolved, int(ckpt.get("world_size", 1)),
