@@ -205,6 +205,26 @@ static void pass1_col(tensor *t, int64_t blk, float eps1) {
     t->part[2 * blk + 1] = xsum;
 }
 
+/* C_j <- b2 C_j + (1 - b2) colmean(G^2 + eps1) for matrix b (Alg. 4), with the row groups' column partials
+ * added into the first group's in group order (vectorised over j); returns sum_j D_j / C_j. */
+static double update_columns(tensor *t, int64_t b) {
+    const int64_t n = t->n, m = t->m, K = t->K;
+    float *Cb = t->C + b * m;
+    float *acc = t->colacc + (size_t)(b * K) * 2 * (size_t)m;
+    for (int64_t k = 1; k < K; k++) {
+        const float *src = acc + (size_t)k * 2 * (size_t)m;
+#pragma omp simd
+        for (int64_t j = 0; j < 2 * m; j++) acc[j] += src[j];
+    }
+    double dsum = 0.0;
+    for (int64_t j = 0; j < m; j++) {
+        const float cj = t->b2 * Cb[j] + t->omb2 * (acc[j] / (float)n);
+        Cb[j] = cj;
+        dsum += (double)acc[m + j] / (double)cj;
+    }
+    return dsum;
+}
+
 /* finish() of a row-only or column-only tensor: C (column-only), the factors a and b, and sum U^2. */
 static double finish_one_factor(tensor *t, double *xs) {
     const int64_t n = t->n, m = t->m, K = t->K;
@@ -219,19 +239,10 @@ static double finish_one_factor(tensor *t, double *xs) {
             float *ab = t->a + b * n;
             for (int64_t i = 0; i < n; i++) ab[i] = 1.0f / sqrtf(Rb[i]);
         } else {
-            float *Cb = t->C + b * m, *bb = t->bc + b * m;
-            float *acc = t->colacc + (size_t)(b * K) * 2 * (size_t)m;
-            for (int64_t k = 1; k < K; k++) {
-                const float *src = acc + (size_t)k * 2 * (size_t)m;
-#pragma omp simd
-                for (int64_t j = 0; j < 2 * m; j++) acc[j] += src[j];
-            }
-            for (int64_t j = 0; j < m; j++) {
-                const float cj = t->b2 * Cb[j] + t->omb2 * (acc[j] / (float)n);
-                Cb[j] = cj;
-                su += (double)acc[m + j] / (double)cj;
-                bb[j] = 1.0f / sqrtf(cj);
-            }
+            su += update_columns(t, b);
+            const float *Cb = t->C + b * m;
+            float *bb = t->bc + b * m;
+            for (int64_t j = 0; j < m; j++) bb[j] = 1.0f / sqrtf(Cb[j]);
         }
     }
     return su;
@@ -245,24 +256,13 @@ static void finish(tensor *t, const hyper *h, float *rms_out, float *alpha_out) 
     } else if (t->factored) {
         const int64_t n = t->n, m = t->m, K = t->K;
         for (int64_t b = 0; b < t->B; b++) {
-            double rsum = 0.0, dsum = 0.0;
+            double rsum = 0.0;
             for (int64_t k = 0; k < K; k++) {
                 rsum += t->part[2 * (b * K + k)];
                 xs += t->part[2 * (b * K + k) + 1];
             }
+            const double dsum = update_columns(t, b);
             float *Cb = t->C + b * m, *Rb = t->R + b * n;
-            /* add the row groups' column partials into the first group's, in group order (vectorised over j) */
-            float *acc = t->colacc + (size_t)(b * K) * 2 * (size_t)m;
-            for (int64_t k = 1; k < K; k++) {
-                const float *src = acc + (size_t)k * 2 * (size_t)m;
-#pragma omp simd
-                for (int64_t j = 0; j < 2 * m; j++) acc[j] += src[j];
-            }
-            for (int64_t j = 0; j < m; j++) {
-                const float cj = t->b2 * Cb[j] + t->omb2 * (acc[j] / (float)n);
-                Cb[j] = cj;
-                dsum += (double)acc[m + j] / (double)cj;
-            }
             const float rmean = (float)(rsum / (double)n);
             su += (double)rmean * dsum;
             float *ab = t->a + b * n, *bb = t->bc + b * m;

@@ -13,14 +13,8 @@ import triton.language as tl
 
 
 @triton.jit
-def phase1(T, TILES, B2, HYP, PART, COLP, X_BF16: tl.constexpr, G_BF16: tl.constexpr, ROWS: tl.constexpr,
-            COLS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
-    tile = tl.program_id(0)
-    ti = tl.load(TILES + tile * 4)
-    r0 = tl.load(TILES + tile * 4 + 1)
-    nr = tl.load(TILES + tile * 4 + 2)
-    coff = tl.load(TILES + tile * 4 + 3)
-    row = T + ti * 14
+def _param_pointers(row, X_BF16: tl.constexpr, G_BF16: tl.constexpr):
+    """The parameter and gradient pointers of a tensor-table row, typed by the plan's dtypes."""
     if X_BF16:
         xp = tl.load(row + 0).to(tl.pointer_type(tl.bfloat16))
     else:
@@ -29,6 +23,38 @@ def phase1(T, TILES, B2, HYP, PART, COLP, X_BF16: tl.constexpr, G_BF16: tl.const
         gp = tl.load(row + 1).to(tl.pointer_type(tl.bfloat16))
     else:
         gp = tl.load(row + 1).to(tl.pointer_type(tl.float32))
+    return xp, gp
+
+
+@triton.jit
+def _store_param(xp, idx, x, mask, seed, sr_seed, X_BF16: tl.constexpr):
+    """Write the fp32 result x back. bf16 is the upper half of fp32: add the rounding increment to the lower
+    half and truncate, to nearest even (0x7FFF plus the kept lowest bit) or stochastically (uniform 16-bit
+    noise, when seed >= 0). Done on the bits so that the interpreter, whose .to(bfloat16) truncates, rounds as
+    the GPU does."""
+    if X_BF16:
+        bits = x.to(tl.int32, bitcast=True)
+        if seed >= 0:
+            inc = tl.randint(sr_seed, idx.to(tl.int32)).to(tl.int32, bitcast=True) & 0xFFFF
+        else:
+            inc = 0x7FFF + ((bits >> 16) & 1)
+        xr = (((bits + inc) >> 16) << 16).to(tl.float32, bitcast=True)
+        x = tl.where(tl.abs(x) < float("inf"), xr, x)  # Inf and NaN keep their class
+        tl.store(xp + idx, x.to(tl.bfloat16), mask=mask)
+    else:
+        tl.store(xp + idx, x, mask=mask)
+
+
+@triton.jit
+def phase1(T, TILES, B2, HYP, PART, COLP, X_BF16: tl.constexpr, G_BF16: tl.constexpr, ROWS: tl.constexpr,
+            COLS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    tile = tl.program_id(0)
+    ti = tl.load(TILES + tile * 4)
+    r0 = tl.load(TILES + tile * 4 + 1)
+    nr = tl.load(TILES + tile * 4 + 2)
+    coff = tl.load(TILES + tile * 4 + 3)
+    row = T + ti * 14
+    xp, gp = _param_pointers(row, X_BF16, G_BF16)
     s1 = tl.load(row + 2).to(tl.pointer_type(tl.float32))
     kind = tl.load(row + 5)
     m = tl.load(row + 8)
@@ -114,6 +140,19 @@ def phase1(T, TILES, B2, HYP, PART, COLP, X_BF16: tl.constexpr, G_BF16: tl.const
 
 
 @triton.jit
+def _sum_partials(PART, t0, k, BLOCK: tl.constexpr):
+    """The two partial sums of tiles t0 .. t0 + k - 1, added in a fixed order (deterministic)."""
+    acc_a = tl.zeros([BLOCK], dtype=tl.float32)
+    acc_x = tl.zeros([BLOCK], dtype=tl.float32)
+    for kb in range(0, k, BLOCK):
+        lane = kb + tl.arange(0, BLOCK)
+        mask = lane < k
+        acc_a += tl.load(PART + (t0 + lane) * 2, mask=mask, other=0.0)
+        acc_x += tl.load(PART + (t0 + lane) * 2 + 1, mask=mask, other=0.0)
+    return tl.sum(acc_a, axis=0), tl.sum(acc_x, axis=0)
+
+
+@triton.jit
 def phase2(T, B2, HYP, LR, PART, COLP, RMEAN, SCALE, OUT, n_tensors, COLS: tl.constexpr, BLOCK: tl.constexpr):
     ti = tl.program_id(0)
     row = T + ti * 14
@@ -131,28 +170,12 @@ def phase2(T, B2, HYP, LR, PART, COLP, RMEAN, SCALE, OUT, n_tensors, COLS: tl.co
     su = 0.0
     xs = 0.0
     if kind == 0:
-        acc_u = tl.zeros([BLOCK], dtype=tl.float32)
-        acc_x = tl.zeros([BLOCK], dtype=tl.float32)
-        for kb in range(0, k, BLOCK):
-            lane = kb + tl.arange(0, BLOCK)
-            mask = lane < k
-            acc_u += tl.load(PART + (t0 + lane) * 2, mask=mask, other=0.0)
-            acc_x += tl.load(PART + (t0 + lane) * 2 + 1, mask=mask, other=0.0)
-        su = tl.sum(acc_u, axis=0)
-        xs = tl.sum(acc_x, axis=0)
+        su, xs = _sum_partials(PART, t0, k, BLOCK)
     else:
         s2 = tl.load(row + 3).to(tl.pointer_type(tl.float32))
         for b in range(0, nb):
-            tb = t0 + b * k
-            acc_a = tl.zeros([BLOCK], dtype=tl.float32)
-            acc_x = tl.zeros([BLOCK], dtype=tl.float32)
-            for kb in range(0, k, BLOCK):
-                lane = kb + tl.arange(0, BLOCK)
-                mask = lane < k
-                acc_a += tl.load(PART + (tb + lane) * 2, mask=mask, other=0.0)
-                acc_x += tl.load(PART + (tb + lane) * 2 + 1, mask=mask, other=0.0)
-            agg = tl.sum(acc_a, axis=0)
-            xs += tl.sum(acc_x, axis=0)
+            agg, xb = _sum_partials(PART, t0 + b * k, k, BLOCK)
+            xs += xb
             rmean = agg / n
             if kind == 1:
                 tl.store(RMEAN + rbase + b, rmean)
@@ -201,14 +224,7 @@ def phase3(T, TILES, HYP, LR, SCALE, RMEAN, STEPS, X_BF16: tl.constexpr, G_BF16:
     r0 = tl.load(TILES + tile * 4 + 1)
     nr = tl.load(TILES + tile * 4 + 2)
     row = T + ti * 14
-    if X_BF16:
-        xp = tl.load(row + 0).to(tl.pointer_type(tl.bfloat16))
-    else:
-        xp = tl.load(row + 0).to(tl.pointer_type(tl.float32))
-    if G_BF16:
-        gp = tl.load(row + 1).to(tl.pointer_type(tl.bfloat16))
-    else:
-        gp = tl.load(row + 1).to(tl.pointer_type(tl.float32))
+    xp, gp = _param_pointers(row, X_BF16, G_BF16)
     s1 = tl.load(row + 2).to(tl.pointer_type(tl.float32))
     s2 = tl.load(row + 3).to(tl.pointer_type(tl.float32))
     mp = tl.load(row + 4).to(tl.pointer_type(tl.float32))
@@ -222,9 +238,8 @@ def phase3(T, TILES, HYP, LR, SCALE, RMEAN, STEPS, X_BF16: tl.constexpr, G_BF16:
     beta1 = tl.load(HYP + grp * 7 + 4)
     wdf = 1.0 - lr * tl.load(HYP + grp * 7 + 5)
     seed = tl.load(HYP + grp * 7 + 6)
-    if X_BF16:
-        # Stochastic rounding: one Philox stream per (seed, tensor, step), indexed by element.
-        sr_seed = (seed.to(tl.int64) * 1000003 + ti * 7919 + tl.load(STEPS + ti).to(tl.int64)) & 0x7FFFFFFF
+    # Stochastic rounding of bf16 parameters: one Philox stream per (seed, tensor, step), indexed by element.
+    sr_seed = (seed.to(tl.int64) * 1000003 + ti * 7919 + tl.load(STEPS + ti).to(tl.int64)) & 0x7FFFFFFF
     if kind == 0:
         for off in range(0, nr, BLOCK):
             lane = off + tl.arange(0, BLOCK)
@@ -237,20 +252,7 @@ def phase3(T, TILES, HYP, LR, SCALE, RMEAN, STEPS, X_BF16: tl.constexpr, G_BF16:
                 u = beta1 * tl.load(mp + idx, mask=mask, other=0.0) + (1.0 - beta1) * u
                 tl.store(mp + idx, u, mask=mask)
             x = x * wdf - u
-            if X_BF16:
-                # bf16 is the upper half of fp32: add the rounding increment to the lower half and truncate. Round to
-                # nearest even (0x7FFF plus the kept lowest bit) or stochastically (uniform 16-bit noise); done on the
-                # bits so that the interpreter, which truncates in .to(bfloat16), rounds as the GPU does.
-                bits = x.to(tl.int32, bitcast=True)
-                if seed >= 0:
-                    inc = tl.randint(sr_seed, idx.to(tl.int32)).to(tl.int32, bitcast=True) & 0xFFFF
-                else:
-                    inc = 0x7FFF + ((bits >> 16) & 1)
-                xr = (((bits + inc) >> 16) << 16).to(tl.float32, bitcast=True)
-                x = tl.where(tl.abs(x) < float("inf"), xr, x)  # Inf and NaN keep their class
-                tl.store(xp + idx, x.to(tl.bfloat16), mask=mask)
-            else:
-                tl.store(xp + idx, x, mask=mask)
+            _store_param(xp, idx, x, mask, seed, sr_seed, X_BF16)
     else:
         rb0 = r0 // n  # the matrix of this tile
         rmean = tl.load(RMEAN + rbase + rb0)
@@ -282,17 +284,4 @@ def phase3(T, TILES, HYP, LR, SCALE, RMEAN, STEPS, X_BF16: tl.constexpr, G_BF16:
                     u = beta1 * tl.load(mp + idx, mask=mask, other=0.0) + (1.0 - beta1) * u
                     tl.store(mp + idx, u, mask=mask)
                 x = x * wdf - u
-                if X_BF16:
-                    # bf16 is the upper half of fp32: add the rounding increment to the lower half and truncate. Round to
-                    # nearest even (0x7FFF plus the kept lowest bit) or stochastically (uniform 16-bit noise); done on the
-                    # bits so that the interpreter, which truncates in .to(bfloat16), rounds as the GPU does.
-                    bits = x.to(tl.int32, bitcast=True)
-                    if seed >= 0:
-                        inc = tl.randint(sr_seed, idx.to(tl.int32)).to(tl.int32, bitcast=True) & 0xFFFF
-                    else:
-                        inc = 0x7FFF + ((bits >> 16) & 1)
-                    xr = (((bits + inc) >> 16) << 16).to(tl.float32, bitcast=True)
-                    x = tl.where(tl.abs(x) < float("inf"), xr, x)  # Inf and NaN keep their class
-                    tl.store(xp + idx, x.to(tl.bfloat16), mask=mask)
-                else:
-                    tl.store(xp + idx, x, mask=mask)
+                _store_param(xp, idx, x, mask, seed, sr_seed, X_BF16)
