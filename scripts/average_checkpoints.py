@@ -9,11 +9,7 @@ Only the checkpoints still on disk can be averaged: keep them with trainer.keep_
 """
 
 import argparse
-import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "scripts"]
 
 
 def main(argv=None) -> Path:
@@ -25,6 +21,7 @@ def main(argv=None) -> Path:
     args = ap.parse_args(argv)
 
     from adafactor_repro.train.checkpoint import atomic_torch_save, average_checkpoints, periodic_checkpoints
+    from adafactor_repro.train.errors import exit_on_user_error
 
     if args.inputs:
         paths = [Path(p) for p in args.inputs]
@@ -41,8 +38,8 @@ def main(argv=None) -> Path:
         out = Path(args.output or Path(args.run_dir) / f"checkpoint_avg{args.num}.pt")
     else:
         ap.error("give a run directory or --inputs")
-    avg = average_checkpoints(paths)
-    atomic_torch_save(avg, out)
+    with exit_on_user_error("average_checkpoints.py"):
+        atomic_torch_save(average_checkpoints(paths), out)
     print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) -> {out}")
     return out
 

@@ -26,12 +26,11 @@ for override in ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_loggi
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from adafactor_repro.data import DataError, load_meta, prepare
+    from adafactor_repro.data import load_meta, prepare
+    from adafactor_repro.train.errors import exit_on_user_error
 
-    try:
+    with exit_on_user_error("prepare_data.py"):
         out = prepare(cfg.data, verbose=True)
-    except DataError as e:
-        sys.exit(f"error: {e}")
     meta = load_meta(out)
     print(f"data: {out}")
     print(f"spm: {meta['spm']['model_type']} {meta['spm']['vocab_size_actual']} pieces, sha256 {meta['spm']['sha256']}")

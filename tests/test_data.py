@@ -438,6 +438,7 @@ def test_multi30k_ships_in_the_repository_and_builds_offline(tmp_path, repo_root
     assert cfg["local_dir"] is None and cfg["embedded"] == "corpora/multi30k"
     sources = resolve_sources(cfg)
     assert {s.where for s in sources.values()} == {str(repo_root / "corpora" / "multi30k")}
+    assert {s.kind for s in resolve_sources(dict(cfg, embedded=None)).values()} == {"hub"}  # the other source
     noted = dict(re.findall(r"\| (\S+\.(?:en|de)) \| \d+ \| ([0-9a-f]{64}) \|",
                             (repo_root / "corpora" / "multi30k" / "README.md").read_text()))
     assert len(noted) == 6

@@ -179,23 +179,24 @@ def test_no_momentum_state_and_exact_state_bytes(fused):
     run(opt, ps, grad_sequence(shapes, 2))
     assert all("exp_avg" not in opt.state[p] for p in ps)
     # (n + m) * 4 bytes per factored n x m matrix, 4 bytes per element otherwise, nothing for momentum;
-    # the step counter is a Python int and holds no tensor memory.
+    # the step counter is a float32 0-d tensor per parameter ("other").
     factored = (300 + 200) * 4 + 2 * (130 + 140) * 4
     full = (50 + 100 * 60) * 4
+    steps = 4 * len(ps)
     assert optimizer_state_breakdown(opt) == {"factored": factored, "second_moment": full, "momentum": 0,
-                                              "other": 0, "total": factored + full}  # fmt: skip
+                                              "other": steps, "total": factored + full + steps}  # fmt: skip
     ps2 = make_params(shapes=shapes)
     opt2 = Adafactor(ps2, lr=0.01, beta1=0.9, fused=fused)
     run(opt2, ps2, grad_sequence(shapes, 1))
     n = sum(p.numel() for p in ps2)
-    assert optimizer_state_bytes(opt2) == factored + full + 4 * n
+    assert optimizer_state_bytes(opt2) == factored + full + 4 * n + steps
     # Row-only keeps n numbers per n x m matrix, column-only m; the same tensors as above keep a full V.
     for which, kept in (("row", 300 + 2 * 130), ("col", 200 + 2 * 140)):
         ps3 = make_params(shapes=shapes)
         opt3 = Adafactor(ps3, lr=0.01, factored=which, fused=fused)
         run(opt3, ps3, grad_sequence(shapes, 2))
         assert optimizer_state_breakdown(opt3) == {"factored": 4 * kept, "second_moment": full, "momentum": 0,
-                                                   "other": 0, "total": 4 * kept + full}  # fmt: skip
+                                                   "other": steps, "total": 4 * kept + full + steps}  # fmt: skip
 
 
 def test_state_bytes_of_torch_adam():
@@ -386,6 +387,41 @@ def test_hydra_optim_configs_instantiate(repo_root, name):
         g = opt.param_groups[0]
         assert g["beta1"] == 0.0 and g["beta2"] is None and g["clip_threshold"] == 1.0 and g["factored"]
     assert not math.isnan(opt.param_groups[0]["lr"])
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+def test_compiled_step_traces_one_graph_with_a_changing_lr():
+    # The eager path keeps the step count, beta2t and a tensor lr as 0-d tensors, so torch.compile(fullgraph=True)
+    # traces one graph for every step while a scheduler changes the lr. backend="eager" keeps it cheap: whether
+    # dynamo recompiles is decided by its guards, whatever backend runs the graph.
+    from torch.optim.lr_scheduler import LambdaLR
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(0))
+    runs = []
+    for compiled in (True, False):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 6), torch.nn.Linear(6, 5))
+        opt = Adafactor(model.parameters(), lr=torch.tensor(0.01), beta1=0.9, weight_decay=0.1,
+                        min_dim_size_to_factor=4, fused=False)  # fmt: skip
+        sched = LambdaLR(opt, lambda k: 1.0 / (k + 1))
+        # Adafactor.step itself: the scheduler wraps opt.step in a function dynamo does not trace.
+        step = torch.compile(Adafactor.step, backend=backend, fullgraph=True) if compiled else Adafactor.step
+        for _ in range(12):
+            model(x).square().mean().backward()
+            step(opt)
+            sched.step()
+            opt.zero_grad()
+        runs.append([p.detach().clone() for p in model.parameters()])
+        assert opt.state[model[0].weight]["step"].item() == 12
+    assert len(graphs) == 1
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
 
 
 @pytest.mark.parametrize("value,expected", [("true", True), ("false", False), ("row", "row"), ("col", "col")])

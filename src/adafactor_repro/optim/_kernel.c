@@ -14,9 +14,9 @@
  * Row-only (V-hat_ij = R_i) and column-only (V-hat_ij = C_j) tensors take the same two passes with the other
  * factor set to 1 (an exact multiplication), so pass 2 is shared.
  *
- * meta rows (int64, 9 per tensor): kind (1 factored, 2 row-only, 3 column-only, 0 full), B, n, m, x, g,
- * r_or_v, c, mom. A factored tensor is B matrices of n x m (its leading dims flattened); a full one has n*m
- * elements. */
+ * meta rows (int64, 10 per tensor): kind (1 factored, 2 row-only, 3 column-only, 0 full), B, n, m, x, g,
+ * r_or_v, c, mom, step (a float32 count). A factored tensor is B matrices of n x m (its leading dims
+ * flattened); a full one has n*m elements. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -62,7 +62,7 @@ typedef struct {
     float s;       /* alpha / clipping denominator */
 } tensor;
 
-static int setup(tensor *t, const int64_t *md, double beta2t) {
+static int setup(tensor *t, const int64_t *md) {
     memset(t, 0, sizeof *t);
     t->kind = (int)md[0];
     t->factored = t->kind != KIND_FULL;
@@ -70,7 +70,6 @@ static int setup(tensor *t, const int64_t *md, double beta2t) {
     t->x = (float *)(intptr_t)md[4];
     t->g = (const float *)(intptr_t)md[5];
     t->mom = (float *)(intptr_t)md[8];
-    t->b2 = (float)beta2t, t->omb2 = (float)(1.0 - beta2t);
     if (t->factored) {
         t->R = (float *)(intptr_t)md[6], t->C = (float *)(intptr_t)md[7];
         t->K = t->n < ROW_GROUPS ? t->n : ROW_GROUPS;
@@ -206,6 +205,26 @@ static void pass1_col(tensor *t, int64_t blk, float eps1) {
     t->part[2 * blk + 1] = xsum;
 }
 
+/* C_j <- b2 C_j + (1 - b2) colmean(G^2 + eps1) for matrix b (Alg. 4), with the row groups' column partials
+ * added into the first group's in group order (vectorised over j); returns sum_j D_j / C_j. */
+static double update_columns(tensor *t, int64_t b) {
+    const int64_t n = t->n, m = t->m, K = t->K;
+    float *Cb = t->C + b * m;
+    float *acc = t->colacc + (size_t)(b * K) * 2 * (size_t)m;
+    for (int64_t k = 1; k < K; k++) {
+        const float *src = acc + (size_t)k * 2 * (size_t)m;
+#pragma omp simd
+        for (int64_t j = 0; j < 2 * m; j++) acc[j] += src[j];
+    }
+    double dsum = 0.0;
+    for (int64_t j = 0; j < m; j++) {
+        const float cj = t->b2 * Cb[j] + t->omb2 * (acc[j] / (float)n);
+        Cb[j] = cj;
+        dsum += (double)acc[m + j] / (double)cj;
+    }
+    return dsum;
+}
+
 /* finish() of a row-only or column-only tensor: C (column-only), the factors a and b, and sum U^2. */
 static double finish_one_factor(tensor *t, double *xs) {
     const int64_t n = t->n, m = t->m, K = t->K;
@@ -220,19 +239,10 @@ static double finish_one_factor(tensor *t, double *xs) {
             float *ab = t->a + b * n;
             for (int64_t i = 0; i < n; i++) ab[i] = 1.0f / sqrtf(Rb[i]);
         } else {
-            float *Cb = t->C + b * m, *bb = t->bc + b * m;
-            float *acc = t->colacc + (size_t)(b * K) * 2 * (size_t)m;
-            for (int64_t k = 1; k < K; k++) {
-                const float *src = acc + (size_t)k * 2 * (size_t)m;
-#pragma omp simd
-                for (int64_t j = 0; j < 2 * m; j++) acc[j] += src[j];
-            }
-            for (int64_t j = 0; j < m; j++) {
-                const float cj = t->b2 * Cb[j] + t->omb2 * (acc[j] / (float)n);
-                Cb[j] = cj;
-                su += (double)acc[m + j] / (double)cj;
-                bb[j] = 1.0f / sqrtf(cj);
-            }
+            su += update_columns(t, b);
+            const float *Cb = t->C + b * m;
+            float *bb = t->bc + b * m;
+            for (int64_t j = 0; j < m; j++) bb[j] = 1.0f / sqrtf(Cb[j]);
         }
     }
     return su;
@@ -246,24 +256,13 @@ static void finish(tensor *t, const hyper *h, float *rms_out, float *alpha_out) 
     } else if (t->factored) {
         const int64_t n = t->n, m = t->m, K = t->K;
         for (int64_t b = 0; b < t->B; b++) {
-            double rsum = 0.0, dsum = 0.0;
+            double rsum = 0.0;
             for (int64_t k = 0; k < K; k++) {
                 rsum += t->part[2 * (b * K + k)];
                 xs += t->part[2 * (b * K + k) + 1];
             }
+            const double dsum = update_columns(t, b);
             float *Cb = t->C + b * m, *Rb = t->R + b * n;
-            /* add the row groups' column partials into the first group's, in group order (vectorised over j) */
-            float *acc = t->colacc + (size_t)(b * K) * 2 * (size_t)m;
-            for (int64_t k = 1; k < K; k++) {
-                const float *src = acc + (size_t)k * 2 * (size_t)m;
-#pragma omp simd
-                for (int64_t j = 0; j < 2 * m; j++) acc[j] += src[j];
-            }
-            for (int64_t j = 0; j < m; j++) {
-                const float cj = t->b2 * Cb[j] + t->omb2 * (acc[j] / (float)n);
-                Cb[j] = cj;
-                dsum += (double)acc[m + j] / (double)cj;
-            }
             const float rmean = (float)(rsum / (double)n);
             su += (double)rmean * dsum;
             float *ab = t->a + b * n, *bb = t->bc + b * m;
@@ -331,17 +330,28 @@ static int64_t pass2_blocks(const tensor *t) { return t->factored ? t->B * t->n 
  * loaded machine every region and barrier waits for its slowest thread to be scheduled, so two per step beat
  * several per tensor. Small tensors (biases, layer norms)
  * run on the calling thread. The blocks, and so the results, are the same either way. */
-int afx_step(int64_t k, const int64_t *meta, const double *beta2t, double eps1, double lr, double eps2,
-             double clip, int scale_parameter, double beta1, double wdf, int nthreads, int64_t small_numel,
-             float *rms_out, float *alpha_out) {
+int afx_step(int64_t k, const int64_t *meta, double beta2, double decay_exponent, double eps1, double lr,
+             double eps2, double clip, int scale_parameter, double beta1, double wdf, int nthreads,
+             int64_t small_numel, float *rms_out, float *alpha_out, double *beta2t_out) {
     const hyper h = {eps1, lr, eps2, clip, beta1, wdf, scale_parameter};
     tensor *ts = (tensor *)calloc((size_t)(k > 0 ? k : 1), sizeof(tensor));
     int ok = ts != NULL;
-    for (int64_t i = 0; ok && i < k; i++) ok = setup(&ts[i], meta + 9 * i, beta2t[i]);
+    for (int64_t i = 0; ok && i < k; i++) ok = setup(&ts[i], meta + 10 * i);
     if (!ok) {
         for (int64_t i = 0; ts && i < k; i++) release(&ts[i]);
         free(ts);
         return -1;
+    }
+    /* Nothing can fail from here on: advance the step counts and compute beta2t in double, the expressions
+     * of Adafactor._beta2t (Section 7.2: 1 - t^-c; Section 7.1: beta2 (1 - beta2^(t-1)) / (1 - beta2^t)). */
+    for (int64_t i = 0; i < k; i++) {
+        float *step = (float *)(intptr_t)meta[10 * i + 9];
+        const double t = (double)(*step + 1.0f);
+        *step = (float)t;
+        const double b2t = beta2 < 0.0 ? 1.0 - pow(t, -decay_exponent)
+                                       : beta2 * (1.0 - pow(beta2, t - 1.0)) / (1.0 - pow(beta2, t));
+        beta2t_out[i] = b2t;
+        ts[i].b2 = (float)b2t, ts[i].omb2 = (float)(1.0 - b2t);
     }
     const float e1 = (float)eps1;
     int64_t nlarge = 0;

@@ -83,9 +83,9 @@ def load() -> ctypes.CDLL | None:
         c_i64, c_dbl, c_ptr = ctypes.c_int64, ctypes.c_double, ctypes.c_void_p
         lib.afx_step.restype = ctypes.c_int
         lib.afx_step.argtypes = [
-            c_i64, c_ptr, c_ptr,  # k, meta, beta2t
+            c_i64, c_ptr, c_dbl, c_dbl,  # k, meta, beta2 (< 0: 1 - t^-c), decay_exponent c
             c_dbl, c_dbl, c_dbl, c_dbl, ctypes.c_int, c_dbl, c_dbl,  # eps1 lr eps2 clip scale beta1 wdf
-            ctypes.c_int, c_i64, c_ptr, c_ptr,  # nthreads, small_numel, rms_out, alpha_out
+            ctypes.c_int, c_i64, c_ptr, c_ptr, c_ptr,  # nthreads, small_numel, rms_out, alpha_out, beta2t_out
         ]  # fmt: skip
         _lib = lib
         return _lib

@@ -9,7 +9,6 @@ the run ends (completed, diverged, interrupted, or a crash).
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import ConfigError, EvalConfig, LoggerConfig, TrainerConfig, check_experiment, typed
-from ..data import TokenBatchSampler, TranslationDataset, collate, load_meta, load_tokenizer, prepare
+from ..data import (
+    TokenBatchSampler,
+    TranslationDataset,
+    collate,
+    load_meta,
+    load_tokenizer,
+    prepare,
+    update_budget,
+)
+from ..data.loader import EpochBatches
 from ..files import SUMMARY, DirLock, atomic_write_json, atomic_write_text, read_summary, sweep_stale_temps
 from ..machine import git_commit
 from ..model import Transformer, TransformerConfig
@@ -32,38 +40,12 @@ from .checkpoint import find_resume_checkpoint, rng_state, save_checkpoint, set_
 from .evaluation import evaluate_bleu
 from .metrics import MetricsLogger
 from .perf import peak_flops, peak_memory_bytes
-
-# What a resume may change: when and how the loop reports, evaluates and stops, and where files are.
-# Anything else (optimizer, schedule, model, data, batch size, seed, precision) would make the run a
-# mixture of two configurations under one name, so a resume that changes it is refused.
-RESUME_MAY_CHANGE = (
-    "trainer.max_update", "trainer.max_epoch", "trainer.log_interval", "trainer.val_interval",
-    "trainer.save_interval", "trainer.keep_last", "trainer.bleu_interval", "trainer.bleu_at_end",
-    "trainer.num_threads", "trainer.device", "trainer.compile", "trainer.peak_flops",
-    "trainer.max_consecutive_nonfinite", "trainer.diverge_loss_factor", "eval.", "logger.",
-    "data.local_dir", "data.root", "data.num_workers", "run_dir", "data_artifact.dir",
-)
+from .resume import RESUME_MAY_CHANGE, config_changes, resolved_config
+from .signals import StopFlag
 
 
 class Diverged(RuntimeError):
     """(update, reason): non-finite updates in a row, or a loss past the explosion threshold."""
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict):
-        return {prefix.rstrip("."): d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out.update(_flatten(v, f"{prefix}{k}."))
-    return out
-
-
-def config_changes(stored: dict, new: dict) -> list[str]:
-    """'key: stored -> new' for every key in both configs whose value differs and that a resume may not
-    change (keys only one side has are new or retired knobs, not changes)."""
-    a, b = _flatten(stored), _flatten(new)
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b))
-            if a[k] != b[k] and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)]
 
 
 def _hydra_choice(cfg: DictConfig, group: str) -> str | None:
@@ -79,33 +61,10 @@ def _hydra_choice(cfg: DictConfig, group: str) -> str | None:
         return None
 
 
-def resolved_config(cfg: DictConfig) -> dict[str, Any]:
-    """The config as plain values, interpolations resolved, without Hydra's own `hydra` node."""
-    out = {}
-    for k in cfg:
-        if k == "hydra":
-            continue
-        v = cfg[k]
-        out[k] = OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-    return out
-
-
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
-
-
-def _epoch_batches(sampler, dataset, pad_id, bos_id, eos_id):
-    """(epoch, batch) forever, epoch after epoch; the sampler resumes mid-epoch from its state."""
-    while True:
-        epoch = sampler.state_dict()["epoch"]
-        if sampler.state_dict()["position"] >= len(sampler):  # saved right after an epoch's last batch
-            epoch += 1
-            sampler.set_epoch(epoch)
-        for idx in sampler:
-            yield epoch, collate([dataset[i] for i in idx], pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
-        sampler.set_epoch(epoch + 1)
 
 
 @torch.no_grad()
@@ -126,36 +85,6 @@ def validate(model, dataset, sampler, *, device, autocast_dtype, label_smoothing
     loss, nll, n = sums.tolist()
     n = max(n, 1.0)
     return {"loss": loss / n, "nll": nll / n, "ppl": math.exp(min(nll / n, 100.0)), "ntokens": int(n)}
-
-
-class _StopFlag:
-    """SIGTERM/SIGUSR1 (SLURM preemption, scancel) and Ctrl-C: finish the update, save checkpoint_last.pt,
-    exit. A second Ctrl-C aborts at once, without saving."""
-
-    def __init__(self, say=print):
-        self.set = False
-        self._old = {}
-        self._say = say
-        for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-            if s == signal.SIGINT and signal.getsignal(s) is not signal.default_int_handler:
-                continue  # someone else handles Ctrl-C (a debugger, a launcher): leave it to them
-            try:
-                self._old[s] = signal.signal(s, self._handler)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handler(self, signum, frame):
-        if signum == signal.SIGINT:
-            if self.set:
-                raise KeyboardInterrupt
-            self._say("Ctrl-C: finishing this update and saving checkpoint_last.pt (Ctrl-C again aborts "
-                      "without saving)")
-        self.set = True
-
-    def restore(self):
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        self._old = {}
 
 
 @dataclass
@@ -200,8 +129,8 @@ class Trainer:
         self.eval_cfg = typed(cfg.eval, EvalConfig, "eval")
         self.logger_cfg = typed(cfg.logger, LoggerConfig, "logger")
         self.logger: MetricsLogger | None = None
-        self.stop: _StopFlag | None = None
-        self.dist = D.init_distributed(t.device)
+        self.stop: StopFlag | None = None
+        self.dist = D.init_distributed(t.device, t.dist_timeout_min)
         self.device, self.main = self.dist.device, self.dist.is_main
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
@@ -230,18 +159,17 @@ class Trainer:
         if main:  # temporary files of a writer killed mid-write (we hold the lock: none is live)
             for p in sweep_stale_temps(self.run_dir):
                 print(f"{self.run_dir}: removed {p.name}, left by an interrupted write", flush=True)
-        # -------------------------------------------------------------- data (rank 0 builds, others reuse)
-        if main:
-            data_dir = prepare(cfg.data)
-        D.barrier()
-        if not main:
-            data_dir = prepare(cfg.data)
-        self.data_dir = data_dir = Path(data_dir).resolve()  # absolute: evaluate.py may run from elsewhere
+        # -------------------------------------------------------------- data
+        # Every rank calls prepare(): the first to take its file lock builds, the others wait on the lock
+        # (not in a collective, which would time out while WMT14 builds) and then reuse the build.
+        self.data_dir = data_dir = Path(prepare(cfg.data)).resolve()  # absolute: evaluate.py may run elsewhere
         self.tok = tok = load_tokenizer(data_dir)
         self.train_set = TranslationDataset(data_dir, "train")
         self.valid_set = TranslationDataset(data_dir, "valid")
-        self.sampler = TokenBatchSampler(self.train_set.src_lengths, self.train_set.tgt_lengths, t.max_tokens,
-                                         seed=t.seed, shuffle=True, num_replicas=dist.world_size, rank=dist.rank)
+        self.max_tokens, self.update_freq = self._batch_plan()
+        self.sampler = TokenBatchSampler(self.train_set.src_lengths, self.train_set.tgt_lengths, self.max_tokens,
+                                         seed=t.seed, shuffle=True, num_replicas=dist.world_size, rank=dist.rank,
+                                         budget=t.batch_budget)
         self.valid_sampler = TokenBatchSampler(self.valid_set.src_lengths, self.valid_set.tgt_lengths,
                                                t.max_tokens, seed=t.seed, shuffle=False,
                                                num_replicas=dist.world_size, rank=dist.rank)
@@ -275,10 +203,10 @@ class Trainer:
         self.commit = git_commit()
 
         model = self.raw_model
-        if t.compile:
-            model = torch.compile(model)
         if dist.distributed:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if t.compile:  # after DDP: its graph breaks at the gradient buckets, so all-reduce overlaps backward
+            model = torch.compile(model)
         model.train()
         self.model = model
         # Figure 1 of the paper: RMS(U) of chosen weight matrices, logged with the other optimizer statistics.
@@ -298,16 +226,36 @@ class Trainer:
             self.logger.message(
                 f"{self.run_dir}: {'resuming from ' + self.resumed_path if self.resumed_path else 'new run'} at update "
                 f"{self.state.num_updates}; {self.raw_model.num_parameters():,} parameters; device {device}"
-                f"{f' x{dist.world_size}' if dist.distributed else ''}; data {data_dir}")
+                f"{f' x{dist.world_size}' if dist.distributed else ''}; batches of {self.max_tokens} "
+                f"{t.batch_budget} tokens x update_freq {self.update_freq}"
+                f"{f' x {dist.world_size} ranks' if dist.distributed else ''} per update; data {data_dir}")
         self.state.epoch = int(self.sampler.state_dict()["epoch"])
         self.state.saved_at = self.state.num_updates if self.resumed_path else -1
-        self.batches = _epoch_batches(self.sampler, self.train_set, tok.pad_id, tok.bos_id, tok.eos_id)
+        self.batches = EpochBatches(self.train_set, self.sampler, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                                    eos_id=tok.eos_id, num_workers=t.num_workers,
+                                    pin_memory=device.type == "cuda")
         self.window = _Window(device)
         self.write_summary("running")
-        self.stop = _StopFlag(self.logger.message if main else (lambda text: None))
+        self.stop = StopFlag(self.logger.message if main else (lambda text: None), solo=not dist.distributed)
+
+    def _batch_plan(self) -> tuple[int, int]:
+        """(this rank's batch budget, update_freq). With trainer.tokens_per_update the global batch is the
+        invariant: the world size divides it (data.batching.update_budget), refusing where it cannot."""
+        t, world = self.t, self.dist.world_size
+        if not t.tokens_per_update:
+            return t.max_tokens, t.update_freq
+        if t.update_freq != 1:
+            raise ConfigError(f"trainer.tokens_per_update={t.tokens_per_update} and trainer.update_freq="
+                              f"{t.update_freq} both set the batch: keep tokens_per_update (the loop derives "
+                              "update_freq from the world size) and drop update_freq")
+        try:
+            return update_budget(t.tokens_per_update, t.max_tokens, world)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def _load(self, ckpt: dict, path: Path) -> None:
-        changed = config_changes(ckpt.get("config") or {}, self.resolved)
+        changed = config_changes(ckpt.get("config") or {}, self.resolved, int(ckpt.get("world_size", 1)),
+                                 self.dist.world_size)
         if changed:
             raise ConfigError(
                 f"{self.run_dir} holds a run with other settings, resuming it would mix two configurations: "
@@ -335,7 +283,7 @@ class Trainer:
         t, st, c = self.t, self.state, self.state.counters
         t0 = time.perf_counter()
         micro, flops = [], 0.0
-        for _ in range(t.update_freq):
+        for _ in range(self.update_freq):
             st.epoch, b = next(self.batches)
             # model FLOPs of the padded shapes (what the hardware computes), for MFU
             flops += self.raw_model.training_flops(tuple(b["src_tokens"].shape), tuple(b["target"].shape))
@@ -345,7 +293,9 @@ class Trainer:
         res = S.train_step(self.model, self.optimizer, micro, label_smoothing=t.label_smoothing,
                            pad_id=self.tok.pad_id, clip_norm=t.clip_norm,
                            autocast_dtype=self.autocast_dtype, world_size=self.dist.world_size,
-                           scheduler=self.scheduler)
+                           scheduler=self.scheduler, stop=self.stop.requested)
+        if self.dist.distributed:  # a signal on any rank stops every rank after this update
+            self.stop.set = res.stop
         dt = time.perf_counter() - t0
         c["train_time_s"] += dt
         c["train_tokens"] += res.ntokens
@@ -403,11 +353,13 @@ class Trainer:
         improved = False
         if n % t.val_interval == 0 or n == t.max_update:
             improved = self.validate()["improved"]
-        if t.bleu_interval > 0 and n % t.bleu_interval == 0 and self.main:
+        if t.bleu_interval > 0 and n % t.bleu_interval == 0:
+            # every rank decodes its shard (no rank idles in a collective while rank 0 decodes); rank 0 scores
             b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.eval_cfg, None,
-                              max_sentences=self.eval_cfg.max_sentences)
-            self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
-                             "bleu_sentences": b["valid"]["sentences"]})
+                              max_sentences=self.eval_cfg.max_sentences, sharded=True)
+            if self.main:
+                self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
+                                 "bleu_sentences": b["valid"]["sentences"]})
         return improved
 
     def maybe_checkpoint(self, improved: bool) -> None:
@@ -428,9 +380,10 @@ class Trainer:
             return
         save_checkpoint({
             "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+            # the batches the loop consumed, not the DataLoader workers' read-ahead
+            "scheduler": self.scheduler.state_dict(), "sampler": self.batches.state_dict(),
             "rng": rngs if self.dist.distributed else rngs[0], "update": st.num_updates,
-            "epoch": int(self.sampler.state_dict()["epoch"]), "config": self.resolved, "model_args": self.model_args,
+            "epoch": int(self.batches.state_dict()["epoch"]), "config": self.resolved, "model_args": self.model_args,
             "data_dir": str(self.data_dir), "git_commit": self.commit, "best_valid_loss": st.best_valid,
             "counters": dict(st.counters), "world_size": self.dist.world_size,
         }, self.run_dir, periodic=periodic, best=best, keep_last=self.t.keep_last)
@@ -473,7 +426,6 @@ class Trainer:
                 n = st.num_updates
                 if not self.train_step():
                     break
-                self._agree_on_stop()
                 if st.num_updates == n:  # a skipped (non-finite) update
                     continue
                 self.maybe_checkpoint(self.maybe_validate())
@@ -487,11 +439,6 @@ class Trainer:
                                 f"update {st.saved_at}, rerun the same command to resume")
             return self.write_summary("running")
         return self._finish()
-
-    def _agree_on_stop(self) -> None:
-        if self.dist.distributed:  # a signal may reach the ranks at different updates: stop together
-            flag = torch.tensor([float(self.stop.set)], device=self.device)
-            self.stop.set = bool(D.all_reduce_sum(flag).item())
 
     def _diverged(self, at: int, reason: str) -> dict[str, Any]:
         st = self.state
@@ -549,23 +496,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main, tracked=None):
-    """One record per log_interval; the only place device scalars are read back (one sync)."""
+    """One record per log_interval; the only place device scalars are read back: one host sync for the
+    window's sums and the optimizer's statistics together."""
     n = max(win.updates, 1)
-    stats = {}
-    if hasattr(optimizer, "stats"):
-        st = optimizer.stats()
+    st = optimizer.stats() if hasattr(optimizer, "stats") else {}
+    if st:
         for name, p in (tracked or {}).items():
             v = optimizer.rms_u(p) if hasattr(optimizer, "rms_u") else None
             if v is not None:
                 st[f"rms_u/{name}"] = v
-        keys = list(st)
-        vals = torch.stack([st[k].float().to(device) for k in keys]).tolist() if keys else []
-        stats = {f"optim_{k}": v for k, v in zip(keys, vals)}
-    loss, nll, gnorm = (torch.stack((win.loss, win.nll, win.gnorm)) / n).tolist()
+    keys = list(st)
+    vals = torch.cat([torch.stack((win.loss, win.nll, win.gnorm)) / n,
+                      *[st[k].float().to(device).reshape(1) for k in keys]]).tolist()
+    (loss, nll, gnorm), stats = vals[:3], {f"optim_{k}": v for k, v in zip(keys, vals[3:])}
     tps = win.tokens / win.time if win.time else None
     rec = {
         "split": "train", "update": num_updates, "epoch": epoch, "loss": loss, "nll": nll,
         "ppl": math.exp(min(nll, 100.0)), "lr": scheduler.get_last_lr()[0], "gnorm": gnorm,
+        "tokens_per_update": win.tokens / n,  # target tokens, all ranks
         "tokens_per_s": tps, "mfu": (win.flops / win.time / peak) if (peak and win.time) else None,  # this rank's
         "nonfinite": counters["nonfinite_total"], "peak_memory_bytes": peak_memory_bytes(device),
         **stats,
