@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any
 
 from .runs import Run
+from .table import to_csv  # noqa: F401  (the same CSV writer for both tables)
 
 COLLAPSE_FRACTION = 0.2
 ROWS = [*"ABCDEFGHIJKLMNOP", "Q1", "Q10", "Q100", "Q150", "Q200", "Q300"]
@@ -202,17 +203,6 @@ def to_wide_markdown(rows: list[dict[str, str]]) -> str:
             row, p["factored"], p["beta1"] or "-", p["beta2"] or "-", p["clip_d"] or "-", p["step"],
             p["bleu"], ours(w), paper[(row, "no_warmup")]["bleu"], ours(nw)]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def to_csv(rows: list[dict[str, str]]) -> str:
-    import io
-
-    buf = io.StringIO()
-    if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    return buf.getvalue()
 
 
 def scored_split(runs: list[Run]) -> str:
