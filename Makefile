@@ -17,8 +17,9 @@ DATA_DIR    ?=
 EXPERIMENTS ?=
 SWEEP       ?=
 LAUNCHER    ?=
-# runs at once: one per core at the cpu scale (each trains on one thread), one at a time on a GPU
-JOBS        ?= $(if $(filter cpu,$(SCALE)),$(shell nproc 2>/dev/null || echo 1),1)
+# runs at once: one per core at the cpu scale (each trains on one thread); empty = one per visible GPU
+# (reproduce.py gives each its own CUDA_VISIBLE_DEVICES)
+JOBS        ?= $(if $(filter cpu,$(SCALE)),$(shell nproc 2>/dev/null || echo 1),)
 ARGS        ?=
 
 help: ## List the targets and their knobs
@@ -26,7 +27,7 @@ help: ## List the targets and their knobs
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 	@echo
 	@echo "Knobs: SCALE=cpu|gpu (auto: $(SCALE))  DATA=wmt14|multi30k  DATA_DIR=<local copy>"
-	@echo "       SWEEP=table2|table2_core|paper  EXPERIMENTS=table2_A,table2_O  LAUNCHER=slurm  JOBS=$(JOBS)"
+	@echo "       SWEEP=table2|table2_core|paper  EXPERIMENTS=table2_A,table2_O  LAUNCHER=slurm  JOBS=$(or $(JOBS),<one per GPU>)"
 	@echo "       ARGS='<extra arguments>'"
 	@echo "       VENV=$(VENV)  TORCH=$(TORCH)"
 
@@ -58,7 +59,7 @@ evaluate: $(STAMP) ## BLEU of a run: make evaluate ARGS='run_dir=runs/cpu/afx_ad
 
 reproduce: $(STAMP) ## The paper's Table 2 at SCALE (SWEEP=table2: every cell, 3 seeds), then tables and plots
 	$(PY) scripts/reproduce.py --scale $(SCALE) $(if $(DATA_DIR),--data-dir $(abspath $(DATA_DIR))) \
-		$(if $(SWEEP),--sweep $(SWEEP)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) --jobs $(JOBS) $(ARGS)
+		$(if $(SWEEP),--sweep $(SWEEP)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS)) $(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(JOBS),--jobs $(JOBS)) $(ARGS)
 
 tabulate: $(STAMP) ## Rebuild results/<scale>/ tables and plots from the committed runs (results/<scale>/runs)
 	$(PY) scripts/make_report.py --scale $(SCALE) $(ARGS)
@@ -74,8 +75,11 @@ bench-data: $(STAMP) ## Encode throughput, scaling, padding efficiency, peak mem
 bench-train: $(STAMP) ## Training tokens/s and beam search vs a MarianMTModel of the same size
 	$(PY) scripts/bench_train.py $(ARGS)
 
+gpu-check: $(STAMP) ## One GPU, <= 8 min: optimizer step, tokens/s + MFU, host syncs, a short run + BLEU -> results/gpu/check.md
+	$(PY) scripts/gpu_check.py $(ARGS)
+
 clean: ## Remove caches (keeps .venv, data/ and runs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install test lint data train evaluate reproduce tabulate bench bench-optim bench-data bench-train clean
+.PHONY: help install test lint data train evaluate reproduce tabulate bench bench-optim bench-data bench-train gpu-check clean

@@ -5,6 +5,7 @@ evaluate -> tables and plots (scripts/make_report.py). `make reproduce` calls th
     python scripts/reproduce.py --scale cpu --data-dir ../shared/data/multi30k   # Table 2, 3 seeds per cell
     python scripts/reproduce.py --scale cpu --sweep table2_core --jobs 2     # 10 runs, two at a time
     python scripts/reproduce.py --experiments table2_A,table2_O --schedules no_warmup --seeds 1
+    python scripts/reproduce.py --scale gpu                                  # one cell per visible GPU
     python scripts/reproduce.py --scale gpu --launcher slurm                 # the grid as SLURM jobs
 
 Each cell (experiment, schedule, seed) runs in its own process, so one crash cannot take the sweep down, and
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -79,11 +81,23 @@ def publish(run_dir: Path, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def sh(cmd: list[str], dry: bool, log: Path | None = None) -> int:
-    print("+", " ".join(cmd), flush=True)
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES entries (ids or UUIDs)."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    except ImportError:
+        return []
+
+
+def sh(cmd: list[str], dry: bool, log: Path | None = None, env_extra: dict | None = None) -> int:
+    print("+", " ".join(([f"{k}={v}" for k, v in (env_extra or {}).items()]) + cmd), flush=True)
     if dry:
         return 0
-    env = {**os.environ, "ADAFACTOR_REPRO_ROOT": str(ROOT)}
+    env = {**os.environ, "ADAFACTOR_REPRO_ROOT": str(ROOT), **(env_extra or {})}
     if log is None:
         return subprocess.call(cmd, cwd=ROOT, env=env)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -110,12 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launcher", default="local", choices=["local", "slurm"])
     ap.add_argument("--runs-dir", type=Path, help="where the run directories go (default runs/<scale>)")
     ap.add_argument("--results-dir", type=Path, help="where tables and plots go (default results/<scale>)")
-    ap.add_argument("--jobs", type=int, default=1,
-                    help="runs at once (local launcher). The cpu scale trains on one thread per run, so on an "
-                         "N-core machine --jobs N uses every core without threads competing for them")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="runs at once (local launcher); default: one per visible GPU (each run gets its own "
+                         "CUDA_VISIBLE_DEVICES), 1 without GPUs. The cpu scale trains on one thread per run, so "
+                         "on an N-core machine --jobs N uses every core without threads competing for them")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
 
+    # GPU scales: one cell per GPU. Job slot k owns GPU k (more jobs than GPUs share them round-robin).
+    gpus = visible_gpus() if args.scale != "cpu" else []
+    if args.jobs is None:
+        args.jobs = max(1, len(gpus))
     exps, scheds, seeds = sweep_cells(args.sweep)
     if args.experiments:
         wanted = args.experiments.split(",")
@@ -141,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     # 2. training (+ BLEU at the end of each run)
     failed: list[str] = []
     if args.launcher == "slurm":
-        rc = sh([py, "scripts/train.py", "-m", "hydra/launcher=slurm", *common, f"experiments={','.join(exps)}",
+        # one GPU per cell, as the local launcher: a job-array task per cell on one card
+        rc = sh([py, "scripts/train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1",
+                 "hydra.launcher.tasks_per_node=1", *common, f"experiments={','.join(exps)}",
                  f"schedule={','.join(scheds)}", f"trainer.seed={','.join(map(str, seeds))}",
                  f"hydra.sweep.dir={runs_dir}",
                  f"run_dir={runs_dir}/${{name}}-${{hydra:runtime.choices.schedule}}-s${{trainer.seed}}", *extra],
@@ -166,18 +187,32 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 todo.append((tag, exp, sched, seed, run_dir, run_status(run_dir)))
 
-        def run_cell(tag: str, exp: str, sched: str, seed: int, run_dir: Path, status: str) -> str | None:
+        slots: queue.Queue[int] = queue.Queue()
+        for k in range(max(1, args.jobs)):
+            slots.put(k)
+
+        def run_cell(*cell) -> str | None:
+            slot = slots.get()
+            try:
+                gpu = {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if gpus else {}
+                return _run_cell(*cell, gpu)
+            finally:
+                slots.put(slot)
+
+        def _run_cell(tag: str, exp: str, sched: str, seed: int, run_dir: Path, status: str,
+                      gpu: dict) -> str | None:
             # With several jobs at once each cell's output goes to its own log beside the run directories.
             log = runs_dir / "logs" / f"{run_dir.name}.log" if args.jobs > 1 else None
             if status != "completed":
                 print(f"{tag}: {'resuming' if status == 'running' else 'training'}"
+                      + (f" on GPU {gpu['CUDA_VISIBLE_DEVICES']}" if gpu else "")
                       + (f" (log: {log})" if log else ""), flush=True)
                 rc = sh([py, "scripts/train.py", *common, f"experiments={exp}", f"schedule={sched}",
-                         f"trainer.seed={seed}", f"run_dir={run_dir}", *extra], args.dry_run, log)
+                         f"trainer.seed={seed}", f"run_dir={run_dir}", *extra], args.dry_run, log, gpu)
                 if rc != 0:
                     return f"{run_dir.name} (exit {rc})"
             if not args.dry_run and run_status(run_dir) == "completed" and not (run_dir / "bleu.json").exists():
-                if sh([py, "scripts/evaluate.py", f"run_dir={run_dir}"], args.dry_run, log) != 0:
+                if sh([py, "scripts/evaluate.py", f"run_dir={run_dir}"], args.dry_run, log, gpu) != 0:
                     return f"{run_dir.name} (evaluation)"
             if not args.dry_run and finished(run_dir):
                 publish(run_dir, published / run_dir.name)

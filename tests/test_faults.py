@@ -185,7 +185,7 @@ def test_ctrl_c_and_sigterm_save_and_say_truly_where(tmp_path, make_cfg, monkeyp
 
 
 # 11 -----------------------------------------------------------------------------------------------------
-def test_a_full_disk_is_one_line_naming_the_file_and_the_old_file_survives(tmp_path, monkeypatch):
+def test_a_full_disk_is_one_line_naming_the_file_and_the_old_file_survives(tmp_path, capsys):
     target = tmp_path / "summary.json"
     atomic_write_text(target, "old\n")
 
@@ -204,6 +204,15 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_old_file_survives(tmp_p
     with pytest.raises(SystemExit) as ex, exit_on_user_error("train.py"):
         atomic_write(target, full)
     assert ex.value.code == 1
+    # a full disk met by a plain write (metrics.jsonl's appends, the data build's arrays) reads the same
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as ex, exit_on_user_error("prepare_data.py"):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "train.src.bin"))
+    err = capsys.readouterr().err
+    assert ex.value.code == 1 and err.count("\n") == 1
+    assert err.startswith(f"prepare_data.py: error: {tmp_path / 'train.src.bin'}: no space left on the device; ")
+    with pytest.raises(PermissionError), exit_on_user_error("train.py"):  # other OS errors keep their traceback
+        raise PermissionError(errno.EACCES, "Permission denied")
 
 
 def test_train_script_errors_are_one_line_without_traceback(tmp_path, repo_root, toy_corpus):

@@ -80,7 +80,7 @@ def test_a_cell_left_running_fails_the_sweep_and_is_listed(tmp_path, repo_root, 
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
 
-    def fake_sh(cmd, dry, log=None):
+    def fake_sh(cmd, dry, log=None, env_extra=None):
         if cmd[1] != "scripts/train.py":
             return 0
         run_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("run_dir=")))

@@ -30,6 +30,10 @@ class TrainerConfig:
 
     max_tokens: int = MISSING
     update_freq: int = MISSING
+    tokens_per_update: int | None = MISSING
+    batch_budget: str = MISSING
+    num_workers: int = MISSING
+    dist_timeout_min: float = MISSING
     max_update: int = MISSING
     max_epoch: int | None = MISSING
     label_smoothing: float = MISSING
@@ -52,6 +56,11 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"trainer.precision={self.precision!r}: use auto, bf16 or fp32")
+        if self.batch_budget not in ("padded", "real"):
+            raise ConfigError(f"trainer.batch_budget={self.batch_budget!r}: use padded or real")
+        if self.num_workers < 0 or (self.tokens_per_update is not None and self.tokens_per_update < 1):
+            raise ConfigError(f"trainer.num_workers={self.num_workers}, trainer.tokens_per_update="
+                              f"{self.tokens_per_update}: need num_workers >= 0 and tokens_per_update >= 1 or null")
         for k in ("max_tokens", "update_freq", "log_interval", "val_interval", "save_interval",
                   "max_consecutive_nonfinite"):
             if getattr(self, k) < 1:

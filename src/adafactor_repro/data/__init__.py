@@ -1,7 +1,8 @@
 """Data pipeline: hub or local parallel text -> cleaning -> joint sentencepiece -> memory-mapped splits ->
-token-budget batches. See docs/data.md for the artifact layout and docs/architecture.md for the contract."""
+token-budget batches (`data.loader.EpochBatches` feeds them to training; imported on its own: it needs torch,
+the build does not). See docs/data.md for the artifact layout and docs/architecture.md for the contract."""
 
-from .batching import TokenBatchSampler, collate, padding_efficiency
+from .batching import TokenBatchSampler, collate, padding_efficiency, update_budget
 from .build import data_config, load_meta, prepare
 from .dataset import TranslationDataset, load_raw
 from .sources import DataError
@@ -11,5 +12,5 @@ __all__ = [
     "prepare", "load_meta", "data_config", "DataError",
     "Tokenizer", "load_tokenizer", "PAD_ID", "UNK_ID", "BOS_ID", "EOS_ID",
     "TranslationDataset", "load_raw",
-    "TokenBatchSampler", "collate", "padding_efficiency",
+    "TokenBatchSampler", "collate", "padding_efficiency", "update_budget",
 ]

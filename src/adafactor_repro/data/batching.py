@@ -1,19 +1,55 @@
 """Token-budget batches (fairseq ``batch_by_size`` / tensor2tensor ``batch_size`` in tokens) and collation.
 
-A batch is valid when its padded source tensor ``B x max(src_len + 1)`` (ids + eos) and its padded target
-tensor ``B x max(tgt_len + 1)`` (bos + ids, or ids + eos) each hold at most ``max_tokens`` entries, the
-shapes `collate` produces. Pairs are sorted by the longer then the shorter side (ties broken by the seed) and cut
-greedily, so a batch holds pairs of nearly equal length (little padding); the batches are fixed once and
-their order is reshuffled every epoch from ``(seed, epoch)``, as in fairseq.
+With ``budget="padded"`` (the default) a batch is valid when its padded source tensor ``B x max(src_len + 1)``
+(ids + eos) and its padded target tensor ``B x max(tgt_len + 1)`` (bos + ids, or ids + eos) each hold at most
+``max_tokens`` entries, the shapes `collate` produces. With ``budget="real"`` the real tokens are counted
+instead: ``sum(src_len + 1)`` and ``sum(tgt_len + 1)`` each at most ``max_tokens``, so a batch holds the
+paper's "approximately 4,096 tokens in the input and 4,096 tokens in the target sentences" (Shazeer & Stern
+2018, section 8) rather than ~92% of it, and its padded tensors exceed the budget by the padding (a few %).
+Pairs are sorted by the longer then the shorter side (ties broken by the seed) and cut greedily, so a batch
+holds pairs of nearly equal length (little padding); the batches are fixed once and their order is reshuffled
+every epoch from ``(seed, epoch)``, as in fairseq.
+
+`update_budget` turns a global batch (tokens per update, the invariant of a run) into a per-rank batch budget
+and a gradient-accumulation count for a given number of ranks.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
 
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID
+
+BUDGETS = ("padded", "real")
+
+
+def update_budget(tokens_per_update: int, max_tokens: int, world_size: int) -> tuple[int, int]:
+    """(per-rank batch budget, update_freq) so that ``world_size * update_freq`` batches of that budget make
+    ``tokens_per_update`` tokens (per side) per update: the fewest micro-batches whose budget fits
+    ``max_tokens`` (the memory a rank's micro-batch may take), the budget split evenly over them.
+    Refuses where the split cannot be exact."""
+    tokens_per_update, max_tokens, world_size = int(tokens_per_update), int(max_tokens), int(world_size)
+    if tokens_per_update < 1 or max_tokens < 2 or world_size < 1:
+        raise ValueError(f"tokens_per_update={tokens_per_update}, max_tokens={max_tokens}, world_size="
+                         f"{world_size}: need positive tokens per update, max_tokens >= 2 and a world size >= 1")
+    fewest = max(1, math.ceil(tokens_per_update / (world_size * max_tokens)))
+    # the fewest micro-batches that split the update exactly (25,000 on one GPU: 8 x 3,125, not 7 x 3,571.4)
+    update_freq = next((f for f in range(fewest, 2 * fewest + 8) if tokens_per_update % (world_size * f) == 0), None)
+    if update_freq is None:
+        n = world_size * fewest
+        raise ValueError(
+            f"trainer.tokens_per_update={tokens_per_update} cannot be split evenly over {world_size} rank(s) x "
+            f"{fewest} or more micro-batch(es) of at most trainer.max_tokens={max_tokens}; set tokens_per_update "
+            f"to a multiple of {n} (e.g. {tokens_per_update // n * n} or {(tokens_per_update // n + 1) * n}) or "
+            "run on a number of GPUs that divides it")
+    per_rank = tokens_per_update // (world_size * update_freq)
+    if per_rank < 2:
+        raise ValueError(f"trainer.tokens_per_update={tokens_per_update} over {world_size} ranks leaves "
+                         f"{per_rank} token(s) per rank; use fewer GPUs or a larger batch")
+    return per_rank, update_freq
 
 
 class TokenBatchSampler:
@@ -26,7 +62,7 @@ class TokenBatchSampler:
     """
 
     def __init__(self, src_lengths, tgt_lengths, max_tokens: int, seed: int = 1, shuffle: bool = True,
-                 num_replicas: int = 1, rank: int = 0):
+                 num_replicas: int = 1, rank: int = 0, budget: str = "padded"):
         src = np.asarray(src_lengths, dtype=np.int64)
         tgt = np.asarray(tgt_lengths, dtype=np.int64)
         if src.shape != tgt.shape or src.ndim != 1:
@@ -35,6 +71,9 @@ class TokenBatchSampler:
             raise ValueError(f"max_tokens={max_tokens} must be at least 2")
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank={rank} must be in [0, num_replicas={num_replicas})")
+        if budget not in BUDGETS:
+            raise ValueError(f"budget={budget!r}: use one of {BUDGETS} (trainer.batch_budget)")
+        self.budget = budget
         self.max_tokens, self.seed, self.shuffle = int(max_tokens), int(seed), bool(shuffle)
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.num_pairs = len(src)
@@ -60,13 +99,21 @@ class TokenBatchSampler:
         starts = [0]
         ms = mt = 0
         budget = self.max_tokens
-        for j, (a, b) in enumerate(zip(s[order].tolist(), t[order].tolist())):
-            ms2, mt2 = (a if a > ms else ms), (b if b > mt else mt)
-            if (j - starts[-1] + 1) * (ms2 if ms2 > mt2 else mt2) > budget:
-                starts.append(j)
-                ms, mt = a, b
-            else:
-                ms, mt = ms2, mt2
+        if self.budget == "real":  # running sums of real tokens per side
+            for j, (a, b) in enumerate(zip(s[order].tolist(), t[order].tolist())):
+                if ms + a > budget or mt + b > budget:
+                    starts.append(j)
+                    ms, mt = a, b
+                else:
+                    ms, mt = ms + a, mt + b
+        else:  # running maxima: the padded B x max(len) tensors
+            for j, (a, b) in enumerate(zip(s[order].tolist(), t[order].tolist())):
+                ms2, mt2 = (a if a > ms else ms), (b if b > mt else mt)
+                if (j - starts[-1] + 1) * (ms2 if ms2 > mt2 else mt2) > budget:
+                    starts.append(j)
+                    ms, mt = a, b
+                else:
+                    ms, mt = ms2, mt2
         if self.num_pairs:
             starts.append(self.num_pairs)
         starts = np.asarray(starts, dtype=np.int64)
@@ -122,8 +169,11 @@ class TokenBatchSampler:
             self.epoch, self.position = int(epoch), 0
 
     def _signature(self) -> dict:
-        return {"seed": self.seed, "max_tokens": self.max_tokens, "shuffle": self.shuffle,
-                "num_replicas": self.num_replicas, "num_pairs": self.num_pairs, "num_batches": self.num_batches}
+        sig = {"seed": self.seed, "max_tokens": self.max_tokens, "shuffle": self.shuffle,
+               "num_replicas": self.num_replicas, "num_pairs": self.num_pairs, "num_batches": self.num_batches}
+        if self.budget != "padded":  # checkpoints of padded-budget runs keep their old layout
+            sig["budget"] = self.budget
+        return sig
 
     def state_dict(self, position: int | None = None) -> dict:
         """(epoch, position) plus what must match to resume exactly. Pass `position` (batches consumed this
@@ -154,7 +204,12 @@ class TokenBatchSampler:
 
 
 def collate(samples, pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = EOS_ID) -> dict:
-    """`src_tokens` = ids + eos, `prev_output_tokens` = bos + ids, `target` = ids + eos; right-padded."""
+    """`src_tokens` = ids + eos, `prev_output_tokens` = bos + ids, `target` = ids + eos; right-padded.
+
+    The non-pad target positions are known here, on the host, so they travel with the batch: `target_index`
+    holds their flat (row-major) positions in `target` and `target_tokens` their ids, in that order. The
+    model gathers its output rows with `index_select` on them, where a boolean mask (`h[target != pad]`)
+    would make the device report the count back to the host at every micro-batch."""
     import torch  # here, not at module level: building data (prepare, its workers) never needs torch
 
     if not samples:
@@ -174,10 +229,13 @@ def collate(samples, pad_id: int = PAD_ID, bos_id: int = BOS_ID, eos_id: int = E
         prev[i, 1:len(t) + 1] = t
         tgt[i, :len(t)] = t
         tgt[i, len(t)] = eos_id
+    target_index = np.flatnonzero(tgt.reshape(-1) != pad_id)
     return {
         "src_tokens": torch.from_numpy(src),
         "prev_output_tokens": torch.from_numpy(prev),
         "target": torch.from_numpy(tgt),
+        "target_index": torch.from_numpy(target_index),
+        "target_tokens": torch.from_numpy(tgt.reshape(-1)[target_index]),
         "ntokens": int(sum(len(t) + 1 for t in tgts)),
         "nsentences": n,
     }

@@ -38,6 +38,14 @@ class TranslationDataset:
     def __len__(self) -> int:
         return len(self.src_lengths)
 
+    # DataLoader workers started by spawn/forkserver receive the dataset pickled: send the path and map the
+    # files again there (pickling the maps would copy the whole split into every worker).
+    def __getstate__(self) -> dict:
+        return {"data_dir": self.data_dir, "split": self.split}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["data_dir"], state["split"])
+
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         if i < 0:
             i += len(self)

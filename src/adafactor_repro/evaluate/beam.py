@@ -7,6 +7,10 @@ maximum length, where eos is forced). Finished hypotheses are ranked by log-prob
 length penalty ((5 + |Y|) / 6)^alpha (Wu et al. 2016, eq. 14; Vaswani et al. section 6.1 use beam 4,
 alpha 0.6, max length source + 50). |Y| counts the eos. Finished sentences leave the batch, so the last
 long sentence does not drag the whole batch through the decoder. Beam 1 is exactly greedy decoding.
+
+On CUDA the model runs under bf16 autocast by default (``precision="auto"``; the scores and the search stay
+fp32): decoding is bound by the small per-step matmuls and the cache reads, which bf16 halves. On CPU it
+runs in fp32. The decoder's key/value cache is preallocated for the longest hypothesis the batch allows.
 """
 
 from __future__ import annotations
@@ -29,28 +33,39 @@ def length_penalty(length: int, alpha: float) -> float:
     return ((5.0 + length) / 6.0) ** alpha
 
 
+def autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on CUDA, none (fp32) elsewhere; ``bf16`` / ``fp32`` as asked."""
+    if precision in (None, "auto"):
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise ValueError(f"decoding precision={precision!r}: use auto, bf16 or fp32")
+    return torch.bfloat16 if precision == "bf16" else None
+
+
 @torch.inference_mode()
 def beam_search(model: Transformer, src_tokens: Tensor, beam: int = 4, lenpen: float = 0.6,
                 max_len_a: float = 1.0, max_len_b: int = 50, min_len: int | Tensor = 0,
-                max_len: Tensor | None = None, return_scores: bool = False):
+                max_len: Tensor | None = None, return_scores: bool = False, precision: str = "auto"):
     """Translate a padded batch ``src_tokens`` [B, S] (each row ends with eos, right-padded).
 
     Returns, in input order, the best hypothesis of each sentence as a list of token ids without bos/eos
     (and, with ``return_scores``, a list of their length-normalised log-probabilities too).
     A hypothesis has at most ``floor(max_len_a * src_len + max_len_b)`` tokens before its eos (src_len counts
     the source's eos, as fairseq), capped by ``max_positions``, or ``max_len`` (one per sentence) if given;
-    eos is forbidden before ``min_len`` tokens (an int, or one per sentence).
+    eos is forbidden before ``min_len`` tokens (an int, or one per sentence). ``precision``: see the module.
     """
     if beam < 1:
         raise ValueError(f"beam_search: beam={beam}; need beam >= 1")
     if src_tokens.dim() != 2 or src_tokens.size(0) == 0:
         raise ValueError(f"beam_search: src_tokens must be a non-empty [batch, length] tensor, got "
                          f"{tuple(src_tokens.shape)}")
+    dtype = autocast_dtype(precision, src_tokens.device)
     was_training = model.training
     model.eval()  # dropout off; restored below
     try:
-        return _beam_search(model, src_tokens, beam, lenpen, max_len_a, max_len_b, min_len, max_len,
-                            return_scores)
+        with torch.autocast(src_tokens.device.type, dtype=dtype, enabled=dtype is not None):
+            return _beam_search(model, src_tokens, beam, lenpen, max_len_a, max_len_b, min_len, max_len,
+                                return_scores)
     finally:
         model.train(was_training)
 
@@ -68,7 +83,8 @@ def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, ma
 
     # Step 0 runs on one row per sentence (all beams would be identical); the cache is then expanded to
     # K rows per sentence by the first reordering below.
-    cache = model.init_cache(model.encode(src_tokens))
+    # one host read per batch: the cache's size, bos + the longest hypothesis + its eos
+    cache = model.init_cache(model.encode(src_tokens), max_len=int(max_len.max()) + 2)
     tokens = torch.full((B, 1), BOS_ID, dtype=torch.long, device=device)
     scores = torch.zeros(B, 1, device=device)  # cumulative log-probabilities of the live beams
     active = torch.arange(B, device=device)  # original index of each sentence still in the batch
@@ -132,9 +148,10 @@ def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, ma
 
 def translate(model: Transformer, tokenizer: Tokenizer, sentences: Sequence[str], beam: int = 4,
               lenpen: float = 0.6, batch_tokens: int = 8192, max_len_a: float = 1.0, max_len_b: int = 50,
-              device: torch.device | str | None = None, progress=None) -> list[str]:
+              device: torch.device | str | None = None, progress=None, precision: str = "auto") -> list[str]:
     """Translate raw sentences: sentencepiece-encode, batch by length (longest first) within
-    ``batch_tokens`` padded source tokens, beam search, detokenize; returns translations in input order.
+    ``batch_tokens`` padded source tokens, beam search (in ``precision``, see `beam_search`), detokenize;
+    returns translations in input order.
     Sources longer than ``max_positions`` are truncated (keeping the eos). ``progress``, if given, is called
     with the number of sentences finished after each batch."""
     if batch_tokens <= 0:
@@ -153,7 +170,7 @@ def translate(model: Transformer, tokenizer: Tokenizer, sentences: Sequence[str]
         for r, j in enumerate(idx):
             src[r, : len(encoded[j])] = torch.tensor(encoded[j])
         hyps = beam_search(model, src.to(device), beam=beam, lenpen=lenpen, max_len_a=max_len_a,
-                           max_len_b=max_len_b)
+                           max_len_b=max_len_b, precision=precision)
         for j, h in zip(idx, hyps):
             out[j] = tokenizer.decode(h)
         i += len(idx)

@@ -94,14 +94,16 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, causal: bool = False,
-                kv_cache: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                append_kv=None) -> Tensor:
+        """``append_kv(k, v) -> (keys, values)``: incremental decoding, where the cache stores this step's
+        keys/values and hands back every position's so far."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
-        if kv_cache is not None:  # incremental decoding: append this step's keys/values
-            k, v = torch.cat([kv_cache[0], k], dim=2), torch.cat([kv_cache[1], v], dim=2)
+        if append_kv is not None:
+            k, v = append_kv(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal,
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.out(y.transpose(1, 2).reshape(B, T, D)), (k, v)
+        return self.out(y.transpose(1, 2).reshape(B, T, D))
 
 
 class CrossAttention(nn.Module):
@@ -156,7 +158,7 @@ class EncoderLayer(nn.Module):
         self.ln_attn, self.ln_ffn = nn.LayerNorm(cfg.d_model), nn.LayerNorm(cfg.d_model)
 
     def forward(self, x: Tensor, attn_mask: Tensor) -> Tensor:
-        x = _sublayer(x, self.ln_attn, lambda h: self.attn(h, attn_mask)[0], self.pre_norm, self.dropout, self.training)
+        x = _sublayer(x, self.ln_attn, lambda h: self.attn(h, attn_mask), self.pre_norm, self.dropout, self.training)
         return _sublayer(x, self.ln_ffn, self.ffn, self.pre_norm, self.dropout, self.training)
 
 
@@ -167,22 +169,14 @@ class DecoderLayer(nn.Module):
         self.self_attn, self.cross_attn, self.ffn = SelfAttention(cfg), CrossAttention(cfg), FeedForward(cfg)
         self.ln_self, self.ln_cross, self.ln_ffn = (nn.LayerNorm(cfg.d_model) for _ in range(3))
 
-    def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor,
-                self_kv: tuple[Tensor, Tensor] | None = None, incremental: bool = False):
-        new_kv = None
-
-        def self_attn(h):
-            nonlocal new_kv
-            # Training: one causal pass (right padding, so no key mask is needed for non-pad queries).
-            # Incremental: the single query may see every cached position, so no mask at all.
-            y, new_kv = self.self_attn(h, causal=not incremental, kv_cache=self_kv)
-            return y
-
-        x = _sublayer(x, self.ln_self, self_attn, self.pre_norm, self.dropout, self.training)
+    def forward(self, x: Tensor, cross_kv: tuple[Tensor, Tensor], src_mask: Tensor, append_kv=None) -> Tensor:
+        # Training: one causal pass (right padding, so no key mask is needed for non-pad queries).
+        # Incremental (`append_kv` given): the single query may see every cached position, so no mask at all.
+        x = _sublayer(x, self.ln_self, lambda h: self.self_attn(h, causal=append_kv is None, append_kv=append_kv),
+                      self.pre_norm, self.dropout, self.training)
         x = _sublayer(x, self.ln_cross, lambda h: self.cross_attn(h, cross_kv, src_mask),
                       self.pre_norm, self.dropout, self.training)
-        x = _sublayer(x, self.ln_ffn, self.ffn, self.pre_norm, self.dropout, self.training)
-        return x, new_kv
+        return _sublayer(x, self.ln_ffn, self.ffn, self.pre_norm, self.dropout, self.training)
 
 
 def _sublayer(x: Tensor, ln: nn.LayerNorm, f, pre_norm: bool, p: float, training: bool) -> Tensor:
@@ -195,16 +189,39 @@ def _sublayer(x: Tensor, ln: nn.LayerNorm, f, pre_norm: bool, p: float, training
 
 @dataclass
 class DecoderCache:
-    """Key/value cache of incremental decoding; rows are hypotheses (batch x beam)."""
+    """Key/value cache of incremental decoding; rows are hypotheses (batch x beam).
 
-    self_kv: list[tuple[Tensor, Tensor] | None]  # per decoder layer, [N, H, t, d/H] each, grows by one per step
+    The self-attention keys/values live in buffers preallocated for ``capacity`` positions, written in place
+    one position per step: no ``cat`` that copies the whole history at every step (and no new allocation
+    per step). A step past ``capacity`` doubles the buffers."""
+
+    self_kv: list[tuple[Tensor, Tensor] | None]  # per decoder layer, [N, H, capacity, d/H] each, filled to `step`
     cross_kv: list[tuple[Tensor, Tensor]]         # per decoder layer, [N, H, S, d/H], fixed
     src_mask: Tensor | None                       # [N, 1, 1, S] bool, True = may attend; None: no padding
     step: int = 0                                 # target positions already decoded (= next position)
+    capacity: int = 64                            # positions the buffers hold before they grow
+
+    def appender(self, layer: int):
+        """``append(k, v)`` for one decoder layer: stores the step's [N, H, 1, d/H] keys/values at position
+        ``step`` and returns views of positions ``0..step``."""
+        def append(k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+            t, buf = self.step, self.self_kv[layer]
+            if buf is None or t >= buf[0].size(2):
+                size = max(self.capacity, 2 * t, 1)
+                grown = tuple(x.new_empty(x.size(0), x.size(1), size, x.size(3)) for x in (k, v))
+                if buf is not None:
+                    for new, old in zip(grown, buf):
+                        new[:, :, :t].copy_(old[:, :, :t])
+                buf = self.self_kv[layer] = grown
+            buf[0][:, :, t:t + 1].copy_(k)
+            buf[1][:, :, t:t + 1].copy_(v)
+            return buf[0][:, :, :t + 1], buf[1][:, :, :t + 1]
+        return append
 
     def index_select(self, index: Tensor, self_only: bool = False) -> None:
         """Keep / reorder / repeat rows. ``self_only`` skips the encoder side, valid when every new row
         comes from a row of the same sentence (beam reordering), whose encoder keys/values are identical."""
+        # whole buffers, one gather each (positions past `step` are scratch, never read)
         self.self_kv = [None if kv is None else (kv[0].index_select(0, index), kv[1].index_select(0, index))
                         for kv in self.self_kv]
         if not self_only:
@@ -262,33 +279,39 @@ class Transformer(nn.Module):
         src_mask = ~encoder_out.padding_mask[:, None, None, :]
         x = self._embed(prev_output_tokens, self.embed_tokens)
         for layer in self.decoder:
-            x, _ = layer(x, layer.cross_attn.project_kv(encoder_out.out), src_mask)
+            x = layer(x, layer.cross_attn.project_kv(encoder_out.out), src_mask)
         return self.decoder_ln(x)
 
-    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, output_mask: Tensor | None = None) -> Tensor:
-        """Teacher-forced training pass: logits [B, T, V] for every target position, or, given a bool
-        ``output_mask`` [B, T] (e.g. ``target != pad``), logits [n, V] of the selected positions only (in
-        row-major order, matching ``target[output_mask]``): the output layer and the loss then skip padding."""
+    def forward(self, src_tokens: Tensor, prev_output_tokens: Tensor, output_mask: Tensor | None = None,
+                output_index: Tensor | None = None) -> Tensor:
+        """Teacher-forced training pass: logits [B, T, V] for every target position, or logits [n, V] of
+        the selected positions only, so that the output layer and the loss skip padding. Select them with
+        ``output_index`` [n] (flat row-major positions in [B*T], as ``collate``'s ``target_index``: a gather
+        whose size the host already knows) or a bool ``output_mask`` [B, T] (``h[mask]``: the device must
+        report how many rows it selected, a host sync). Both give the rows in row-major order."""
         h = self.decode(prev_output_tokens, self.encode(src_tokens))
+        if output_index is not None:
+            return self.output_projection(h.reshape(-1, h.size(-1)).index_select(0, output_index))
         return self.output_projection(h if output_mask is None else h[output_mask])
 
     # ---- incremental decoding -----------------------------------------------------------------------
-    def init_cache(self, encoder_out: EncoderOut) -> DecoderCache:
+    def init_cache(self, encoder_out: EncoderOut, max_len: int | None = None) -> DecoderCache:
         """Project the encoder states to each decoder layer's keys/values once; the self-attention cache
-        starts empty. Expand it to beams with ``cache.index_select(arange(B).repeat_interleave(beam))``."""
+        starts empty, sized for ``max_len`` decoder positions (bos included) when the caller knows it.
+        Expand it to beams with ``cache.index_select(arange(B).repeat_interleave(beam))``."""
         pad = encoder_out.padding_mask
         return DecoderCache(self_kv=[None] * len(self.decoder),
                             cross_kv=[layer.cross_attn.project_kv(encoder_out.out) for layer in self.decoder],
                             # without padding, no mask: SDPA's fast path (one host sync per batch, not per step)
-                            src_mask=~pad[:, None, None, :] if bool(pad.any()) else None)
+                            src_mask=~pad[:, None, None, :] if bool(pad.any()) else None,
+                            capacity=int(max_len) if max_len else 64)
 
     def decode_step(self, tokens: Tensor, cache: DecoderCache) -> Tensor:
         """One decoder position for every row: ``tokens`` [N] (or [N, 1]) are the previous outputs at
         position ``cache.step`` (bos at step 0). Appends to ``cache`` and returns logits [N, V]."""
         x = self._embed(tokens.view(-1, 1), self.embed_tokens, start=cache.step)
         for i, layer in enumerate(self.decoder):
-            x, cache.self_kv[i] = layer(x, cache.cross_kv[i], cache.src_mask, self_kv=cache.self_kv[i],
-                                        incremental=True)
+            x = layer(x, cache.cross_kv[i], cache.src_mask, append_kv=cache.appender(i))
         cache.step += 1
         return self.output_projection(self.decoder_ln(x[:, 0]))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -30,16 +31,29 @@ class DistInfo:
         return self.world_size > 1
 
 
+# Collectives wait this long for a slow rank before the job fails. NCCL's default (10 min) is shorter than a
+# rank may legitimately lag: the final BLEU decode or a checkpoint on a slow file system. A hung job still
+# fails, just later; set trainer.dist_timeout_min lower to catch hangs sooner.
+DEFAULT_TIMEOUT_MIN = 60.0
+
+
 def resolve_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` is CUDA when present (the process's LOCAL_RANK-th card), else CPU; `cpu`/`cuda`/`cuda:N` as given."""
+    """`auto` is CUDA when present, else CPU; `cpu`/`cuda`/`cuda:N` as given. Plain `cuda` is the
+    ``local_rank % device_count()``-th visible card: torchrun on a node (8 visible cards, LOCAL_RANK 0-7)
+    and SLURM binding one card per task (1 visible card, LOCAL_RANK 0-7) both land on a card that exists."""
     if pref in (None, "auto"):
         pref = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(pref)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"trainer.device={pref} but CUDA is not available; use trainer.device=auto or cpu")
+        n = torch.cuda.device_count()
         if device.index is None:
-            device = torch.device("cuda", local_rank)
+            device = torch.device("cuda", local_rank % n)
+        elif device.index >= n:
+            raise RuntimeError(f"trainer.device={pref} but only {n} CUDA device(s) are visible "
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); "
+                               "use trainer.device=cuda to pick one per rank")
     return device
 
 
@@ -58,8 +72,9 @@ def _export_slurm_env() -> None:
         ) from e
 
 
-def init_distributed(device_pref: str = "auto") -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE>1): gloo on CPU, nccl on CUDA."""
+def init_distributed(device_pref: str = "auto", timeout_min: float | None = None) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE>1): gloo on CPU, nccl on CUDA, with an
+    explicit collective timeout (`timeout_min`, default DEFAULT_TIMEOUT_MIN)."""
     _export_slurm_env()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -69,7 +84,8 @@ def init_distributed(device_pref: str = "auto") -> DistInfo:
         torch.cuda.set_device(device)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+        timeout = timedelta(minutes=float(timeout_min or DEFAULT_TIMEOUT_MIN))
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
@@ -78,6 +94,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of the process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def barrier() -> None:

@@ -21,6 +21,7 @@ from ..data import load_raw, load_tokenizer
 from ..evaluate import bleu, translate
 from ..files import atomic_write_json, atomic_write_text
 from ..model import Transformer, TransformerConfig
+from . import distributed as D
 from .checkpoint import load_checkpoint
 
 BLEU_FILE = "bleu.json"
@@ -51,10 +52,15 @@ def evaluate_bleu(
     max_sentences: int | None = None,
     tag: str = "",
     extra: dict[str, Any] | None = None,
+    sharded: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """{split: bleu.score(...) + decoding settings and speed}; with out_dir, writes hyp<tag>.<split>.txt and
     merges the results into out_dir/bleu.json (keyed by split, plus tag when given). `extra` (e.g. which
-    checkpoint and update) is stored in every split's entry."""
+    checkpoint and update) is stored in every split's entry.
+
+    `sharded` (every rank of a process group calls it): rank r decodes sentences r, r+R, ...; rank 0
+    gathers the hypotheses and scores them, the other ranks return {}."""
+    rank, world = (D.rank_and_world() if sharded else (0, 1))
     was_training = model.training
     model.eval()
     results: dict[str, dict[str, Any]] = {}
@@ -64,9 +70,16 @@ def evaluate_bleu(
             sources, references = sources[:max_sentences], references[:max_sentences]
         t0 = time.perf_counter()
         with torch.no_grad():
-            hyps = translate(model, tokenizer, sources, beam=eval_cfg.beam, lenpen=eval_cfg.lenpen,
+            hyps = translate(model, tokenizer, sources[rank::world], beam=eval_cfg.beam, lenpen=eval_cfg.lenpen,
                              batch_tokens=eval_cfg.batch_tokens, max_len_a=eval_cfg.max_len_a,
                              max_len_b=eval_cfg.max_len_b)
+        if world > 1:
+            shards = D.gather_object(hyps)
+            if shards is None:  # not rank 0: nothing to score
+                continue
+            hyps = [""] * len(sources)
+            for r, part in enumerate(shards):
+                hyps[r::world] = part
         seconds = time.perf_counter() - t0
         r = dict(bleu.score(hyps, references))
         r.update(sentences=len(sources), beam=eval_cfg.beam, lenpen=eval_cfg.lenpen,

@@ -20,7 +20,16 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..config import ConfigError, EvalConfig, LoggerConfig, TrainerConfig, check_experiment, typed
-from ..data import TokenBatchSampler, TranslationDataset, collate, load_meta, load_tokenizer, prepare
+from ..data import (
+    TokenBatchSampler,
+    TranslationDataset,
+    collate,
+    load_meta,
+    load_tokenizer,
+    prepare,
+    update_budget,
+)
+from ..data.loader import EpochBatches
 from ..files import SUMMARY, DirLock, atomic_write_json, atomic_write_text, read_summary, sweep_stale_temps
 from ..machine import git_commit
 from ..model import Transformer, TransformerConfig
@@ -56,18 +65,6 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     return torch.bfloat16 if precision == "bf16" else None
-
-
-def _epoch_batches(sampler, dataset, pad_id, bos_id, eos_id):
-    """(epoch, batch) forever, epoch after epoch; the sampler resumes mid-epoch from its state."""
-    while True:
-        epoch = sampler.state_dict()["epoch"]
-        if sampler.state_dict()["position"] >= len(sampler):  # saved right after an epoch's last batch
-            epoch += 1
-            sampler.set_epoch(epoch)
-        for idx in sampler:
-            yield epoch, collate([dataset[i] for i in idx], pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
-        sampler.set_epoch(epoch + 1)
 
 
 @torch.no_grad()
@@ -133,7 +130,7 @@ class Trainer:
         self.logger_cfg = typed(cfg.logger, LoggerConfig, "logger")
         self.logger: MetricsLogger | None = None
         self.stop: StopFlag | None = None
-        self.dist = D.init_distributed(t.device)
+        self.dist = D.init_distributed(t.device, t.dist_timeout_min)
         self.device, self.main = self.dist.device, self.dist.is_main
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
@@ -162,18 +159,17 @@ class Trainer:
         if main:  # temporary files of a writer killed mid-write (we hold the lock: none is live)
             for p in sweep_stale_temps(self.run_dir):
                 print(f"{self.run_dir}: removed {p.name}, left by an interrupted write", flush=True)
-        # -------------------------------------------------------------- data (rank 0 builds, others reuse)
-        if main:
-            data_dir = prepare(cfg.data)
-        D.barrier()
-        if not main:
-            data_dir = prepare(cfg.data)
-        self.data_dir = data_dir = Path(data_dir).resolve()  # absolute: evaluate.py may run from elsewhere
+        # -------------------------------------------------------------- data
+        # Every rank calls prepare(): the first to take its file lock builds, the others wait on the lock
+        # (not in a collective, which would time out while WMT14 builds) and then reuse the build.
+        self.data_dir = data_dir = Path(prepare(cfg.data)).resolve()  # absolute: evaluate.py may run elsewhere
         self.tok = tok = load_tokenizer(data_dir)
         self.train_set = TranslationDataset(data_dir, "train")
         self.valid_set = TranslationDataset(data_dir, "valid")
-        self.sampler = TokenBatchSampler(self.train_set.src_lengths, self.train_set.tgt_lengths, t.max_tokens,
-                                         seed=t.seed, shuffle=True, num_replicas=dist.world_size, rank=dist.rank)
+        self.max_tokens, self.update_freq = self._batch_plan()
+        self.sampler = TokenBatchSampler(self.train_set.src_lengths, self.train_set.tgt_lengths, self.max_tokens,
+                                         seed=t.seed, shuffle=True, num_replicas=dist.world_size, rank=dist.rank,
+                                         budget=t.batch_budget)
         self.valid_sampler = TokenBatchSampler(self.valid_set.src_lengths, self.valid_set.tgt_lengths,
                                                t.max_tokens, seed=t.seed, shuffle=False,
                                                num_replicas=dist.world_size, rank=dist.rank)
@@ -207,10 +203,10 @@ class Trainer:
         self.commit = git_commit()
 
         model = self.raw_model
-        if t.compile:
-            model = torch.compile(model)
         if dist.distributed:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if t.compile:  # after DDP: its graph breaks at the gradient buckets, so all-reduce overlaps backward
+            model = torch.compile(model)
         model.train()
         self.model = model
         # Figure 1 of the paper: RMS(U) of chosen weight matrices, logged with the other optimizer statistics.
@@ -230,13 +226,32 @@ class Trainer:
             self.logger.message(
                 f"{self.run_dir}: {'resuming from ' + self.resumed_path if self.resumed_path else 'new run'} at update "
                 f"{self.state.num_updates}; {self.raw_model.num_parameters():,} parameters; device {device}"
-                f"{f' x{dist.world_size}' if dist.distributed else ''}; data {data_dir}")
+                f"{f' x{dist.world_size}' if dist.distributed else ''}; batches of {self.max_tokens} "
+                f"{t.batch_budget} tokens x update_freq {self.update_freq}"
+                f"{f' x {dist.world_size} ranks' if dist.distributed else ''} per update; data {data_dir}")
         self.state.epoch = int(self.sampler.state_dict()["epoch"])
         self.state.saved_at = self.state.num_updates if self.resumed_path else -1
-        self.batches = _epoch_batches(self.sampler, self.train_set, tok.pad_id, tok.bos_id, tok.eos_id)
+        self.batches = EpochBatches(self.train_set, self.sampler, pad_id=tok.pad_id, bos_id=tok.bos_id,
+                                    eos_id=tok.eos_id, num_workers=t.num_workers,
+                                    pin_memory=device.type == "cuda")
         self.window = _Window(device)
         self.write_summary("running")
-        self.stop = StopFlag(self.logger.message if main else (lambda text: None))
+        self.stop = StopFlag(self.logger.message if main else (lambda text: None), solo=not dist.distributed)
+
+    def _batch_plan(self) -> tuple[int, int]:
+        """(this rank's batch budget, update_freq). With trainer.tokens_per_update the global batch is the
+        invariant: the world size divides it (data.batching.update_budget), refusing where it cannot."""
+        t, world = self.t, self.dist.world_size
+        if not t.tokens_per_update:
+            return t.max_tokens, t.update_freq
+        if t.update_freq != 1:
+            raise ConfigError(f"trainer.tokens_per_update={t.tokens_per_update} and trainer.update_freq="
+                              f"{t.update_freq} both set the batch: keep tokens_per_update (the loop derives "
+                              "update_freq from the world size) and drop update_freq")
+        try:
+            return update_budget(t.tokens_per_update, t.max_tokens, world)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def _load(self, ckpt: dict, path: Path) -> None:
         changed = config_changes(ckpt.get("config") or {}, self.resolved, int(ckpt.get("world_size", 1)),
@@ -268,7 +283,7 @@ class Trainer:
         t, st, c = self.t, self.state, self.state.counters
         t0 = time.perf_counter()
         micro, flops = [], 0.0
-        for _ in range(t.update_freq):
+        for _ in range(self.update_freq):
             st.epoch, b = next(self.batches)
             # model FLOPs of the padded shapes (what the hardware computes), for MFU
             flops += self.raw_model.training_flops(tuple(b["src_tokens"].shape), tuple(b["target"].shape))
@@ -278,7 +293,9 @@ class Trainer:
         res = S.train_step(self.model, self.optimizer, micro, label_smoothing=t.label_smoothing,
                            pad_id=self.tok.pad_id, clip_norm=t.clip_norm,
                            autocast_dtype=self.autocast_dtype, world_size=self.dist.world_size,
-                           scheduler=self.scheduler)
+                           scheduler=self.scheduler, stop=self.stop.requested)
+        if self.dist.distributed:  # a signal on any rank stops every rank after this update
+            self.stop.set = res.stop
         dt = time.perf_counter() - t0
         c["train_time_s"] += dt
         c["train_tokens"] += res.ntokens
@@ -336,11 +353,13 @@ class Trainer:
         improved = False
         if n % t.val_interval == 0 or n == t.max_update:
             improved = self.validate()["improved"]
-        if t.bleu_interval > 0 and n % t.bleu_interval == 0 and self.main:
+        if t.bleu_interval > 0 and n % t.bleu_interval == 0:
+            # every rank decodes its shard (no rank idles in a collective while rank 0 decodes); rank 0 scores
             b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.eval_cfg, None,
-                              max_sentences=self.eval_cfg.max_sentences)
-            self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
-                             "bleu_sentences": b["valid"]["sentences"]})
+                              max_sentences=self.eval_cfg.max_sentences, sharded=True)
+            if self.main:
+                self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
+                                 "bleu_sentences": b["valid"]["sentences"]})
         return improved
 
     def maybe_checkpoint(self, improved: bool) -> None:
@@ -361,9 +380,10 @@ class Trainer:
             return
         save_checkpoint({
             "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "sampler": self.sampler.state_dict(),
+            # the batches the loop consumed, not the DataLoader workers' read-ahead
+            "scheduler": self.scheduler.state_dict(), "sampler": self.batches.state_dict(),
             "rng": rngs if self.dist.distributed else rngs[0], "update": st.num_updates,
-            "epoch": int(self.sampler.state_dict()["epoch"]), "config": self.resolved, "model_args": self.model_args,
+            "epoch": int(self.batches.state_dict()["epoch"]), "config": self.resolved, "model_args": self.model_args,
             "data_dir": str(self.data_dir), "git_commit": self.commit, "best_valid_loss": st.best_valid,
             "counters": dict(st.counters), "world_size": self.dist.world_size,
         }, self.run_dir, periodic=periodic, best=best, keep_last=self.t.keep_last)
@@ -406,7 +426,6 @@ class Trainer:
                 n = st.num_updates
                 if not self.train_step():
                     break
-                self._agree_on_stop()
                 if st.num_updates == n:  # a skipped (non-finite) update
                     continue
                 self.maybe_checkpoint(self.maybe_validate())
@@ -420,11 +439,6 @@ class Trainer:
                                 f"update {st.saved_at}, rerun the same command to resume")
             return self.write_summary("running")
         return self._finish()
-
-    def _agree_on_stop(self) -> None:
-        if self.dist.distributed:  # a signal may reach the ranks at different updates: stop together
-            flag = torch.tensor([float(self.stop.set)], device=self.device)
-            self.stop.set = bool(D.all_reduce_sum(flag).item())
 
     def _diverged(self, at: int, reason: str) -> dict[str, Any]:
         st = self.state
@@ -482,23 +496,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main, tracked=None):
-    """One record per log_interval; the only place device scalars are read back (one sync)."""
+    """One record per log_interval; the only place device scalars are read back: one host sync for the
+    window's sums and the optimizer's statistics together."""
     n = max(win.updates, 1)
-    stats = {}
-    if hasattr(optimizer, "stats"):
-        st = optimizer.stats()
+    st = optimizer.stats() if hasattr(optimizer, "stats") else {}
+    if st:
         for name, p in (tracked or {}).items():
             v = optimizer.rms_u(p) if hasattr(optimizer, "rms_u") else None
             if v is not None:
                 st[f"rms_u/{name}"] = v
-        keys = list(st)
-        vals = torch.stack([st[k].float().to(device) for k in keys]).tolist() if keys else []
-        stats = {f"optim_{k}": v for k, v in zip(keys, vals)}
-    loss, nll, gnorm = (torch.stack((win.loss, win.nll, win.gnorm)) / n).tolist()
+    keys = list(st)
+    vals = torch.cat([torch.stack((win.loss, win.nll, win.gnorm)) / n,
+                      *[st[k].float().to(device).reshape(1) for k in keys]]).tolist()
+    (loss, nll, gnorm), stats = vals[:3], {f"optim_{k}": v for k, v in zip(keys, vals[3:])}
     tps = win.tokens / win.time if win.time else None
     rec = {
         "split": "train", "update": num_updates, "epoch": epoch, "loss": loss, "nll": nll,
         "ppl": math.exp(min(nll, 100.0)), "lr": scheduler.get_last_lr()[0], "gnorm": gnorm,
+        "tokens_per_update": win.tokens / n,  # target tokens, all ranks
         "tokens_per_s": tps, "mfu": (win.flops / win.time / peak) if (peak and win.time) else None,  # this rank's
         "nonfinite": counters["nonfinite_total"], "peak_memory_bytes": peak_memory_bytes(device),
         **stats,

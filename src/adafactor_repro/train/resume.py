@@ -13,7 +13,8 @@ RESUME_MAY_CHANGE = (
     "trainer.max_update", "trainer.max_epoch", "trainer.log_interval", "trainer.val_interval",
     "trainer.save_interval", "trainer.keep_last", "trainer.bleu_interval", "trainer.bleu_at_end",
     "trainer.num_threads", "trainer.device", "trainer.compile", "trainer.peak_flops",
-    "trainer.max_consecutive_nonfinite", "trainer.diverge_loss_factor", "eval.", "logger.",
+    "trainer.max_consecutive_nonfinite", "trainer.diverge_loss_factor", "trainer.num_workers",
+    "trainer.dist_timeout_min", "eval.", "logger.",
     "data.local_dir", "data.root", "data.num_workers", "run_dir", "data_artifact.dir",
 )
 

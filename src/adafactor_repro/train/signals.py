@@ -7,10 +7,16 @@ import signal
 
 class StopFlag:
     """SIGTERM/SIGUSR1 (SLURM preemption, scancel) and Ctrl-C: finish the update, save checkpoint_last.pt,
-    exit. A second Ctrl-C aborts at once, without saving."""
+    exit. A second Ctrl-C aborts at once, without saving.
 
-    def __init__(self, say=print):
-        self.set = False
+    `requested`: this process got a signal. `set`: the run stops after this update. Alone (`solo`), a
+    request stops at once; under DDP every rank must stop after the same update, so `set` is what the ranks
+    agreed on (the loop passes `requested` through train_step's one host sync), and a request arriving
+    mid-update waits for the next one instead of being lost."""
+
+    def __init__(self, say=print, solo: bool = True):
+        self.set = self.requested = False
+        self.solo = solo
         self._old = {}
         self._say = say
         for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
@@ -23,11 +29,13 @@ class StopFlag:
 
     def _handler(self, signum, frame):
         if signum == signal.SIGINT:
-            if self.set:
+            if self.requested:
                 raise KeyboardInterrupt
             self._say("Ctrl-C: finishing this update and saving checkpoint_last.pt (Ctrl-C again aborts "
                       "without saving)")
-        self.set = True
+        self.requested = True
+        if self.solo:
+            self.set = True
 
     def restore(self):
         for s, h in self._old.items():

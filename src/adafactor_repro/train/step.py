@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from .distributed import all_reduce_sum
 from .loss import label_smoothed_nll_loss
 
-_BATCH_TENSORS = ("src_tokens", "prev_output_tokens", "target")
+_BATCH_TENSORS = ("src_tokens", "prev_output_tokens", "target", "target_index", "target_tokens")
 
 
 @dataclass
@@ -29,12 +29,15 @@ class StepResult:
     nll_sum: torch.Tensor   # 0-d, same for the plain NLL
     ntokens: int            # target tokens of the update, all ranks
     gnorm: torch.Tensor     # 0-d, global L2 norm of the gradient before clipping
+    stop: bool = False      # some rank asked to stop (its `stop` argument), read in the same host sync
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on `device`; asynchronous from pinned memory (the DataLoader's pin_memory)."""
     out = dict(batch)
     for k in _BATCH_TENSORS:
-        out[k] = batch[k].to(device, non_blocking=True)
+        if k in batch:
+            out[k] = batch[k].to(device, non_blocking=True)
     return out
 
 
@@ -50,14 +53,20 @@ def forward_loss(
     """(smoothed loss sum, NLL sum) of one batch: the forward shared by training and validation.
 
     Logits of the non-pad target positions only: the output layer (~40% of the small model's FLOPs at
-    V=8k) and the loss skip padding.
+    V=8k) and the loss skip padding. `collate` ships those positions (`target_index`, `target_tokens`), so
+    selecting them is a gather of known size; a batch without them falls back to a boolean mask, which
+    makes the host wait for the device twice per micro-batch (same numbers, bit for bit).
     """
     loss_fn = loss_fn or label_smoothed_nll_loss  # looked up per call (tests substitute it)
-    mask = batch["target"].ne(pad_id)
     device_type = batch["target"].device.type
+    if "target_index" in batch:
+        select, target = {"output_index": batch["target_index"]}, batch["target_tokens"]
+    else:
+        mask = batch["target"].ne(pad_id)
+        select, target = {"output_mask": mask}, batch["target"][mask]
     with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-        logits = model(batch["src_tokens"], batch["prev_output_tokens"], output_mask=mask)
-    return loss_fn(logits, batch["target"][mask], label_smoothing, pad_id)
+        logits = model(batch["src_tokens"], batch["prev_output_tokens"], **select)
+    return loss_fn(logits, target, label_smoothing, pad_id)
 
 
 def train_step(
@@ -72,32 +81,42 @@ def train_step(
     world_size: int = 1,
     scheduler=None,
     loss_fn=None,
+    stop: bool = False,
 ) -> StepResult:
     """Accumulate gradients over `micro_batches` (already on the model's device), then step if finite.
 
-    Two host synchronisations per update: the finite check (all ranks take the same decision because the
-    gradient norm and the loss sums are global) and reading back the update's token count.
+    One host synchronisation per update: the finite check (all ranks take the same decision because the
+    gradient norm and the loss sums are global), which also reads back the update's token count and
+    whether any rank asked to `stop` (a signal: all ranks then stop after the same update).
     """
     device = micro_batches[0]["target"].device
-    ntok = torch.tensor(float(sum(int(b["ntokens"]) for b in micro_batches)), device=device)
+    local_tokens = sum(int(b["ntokens"]) for b in micro_batches)
+    ntok = torch.tensor(float(local_tokens), device=device)
     all_reduce_sum(ntok)
     # world_size / ntokens: DDP's gradient average over ranks becomes a sum over ranks, divided by tokens
     scale = world_size / ntok.clamp(min=1.0)
-    sums = torch.zeros(2, device=device)
+    sums = torch.zeros(3, device=device)  # loss, nll, stop requests
+    sums[2] = float(stop)
+    ddp = isinstance(getattr(model, "_orig_mod", model), DDP)  # DDP, possibly inside torch.compile
     for i, b in enumerate(micro_batches):
         # gradients are all-reduced on the last micro-batch only (DDP.no_sync on the others)
-        sync_ctx = model.no_sync() if isinstance(model, DDP) and i < len(micro_batches) - 1 else contextlib.nullcontext()
+        sync_ctx = model.no_sync() if ddp and i < len(micro_batches) - 1 else contextlib.nullcontext()
         with sync_ctx:
             loss, nll = forward_loss(model, b, label_smoothing=label_smoothing, pad_id=pad_id,
                                      autocast_dtype=autocast_dtype, loss_fn=loss_fn)
             (loss * scale).backward()
-        sums += torch.stack((loss.detach(), nll))
+        sums[:2] += torch.stack((loss.detach(), nll))
     all_reduce_sum(sums)
 
     params = [p for p in model.parameters() if p.grad is not None]
     grads = [p.grad for p in params]
     gnorm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
-    finite = bool(torch.isfinite(torch.cat((sums, gnorm.reshape(1)))).all())  # host sync
+    finite_t = torch.isfinite(torch.cat((sums[:2], gnorm.reshape(1)))).all()
+    if world_size > 1:  # the one host sync: finite?, the global token count, stop requests
+        finite_f, ntokens_f, stop_f = torch.stack((finite_t.float(), ntok, sums[2])).tolist()
+        finite, ntokens, stop = bool(finite_f), int(ntokens_f), stop_f > 0
+    else:  # one process: the token count is the host's own
+        finite, ntokens, stop = bool(finite_t), local_tokens, bool(stop)
     if finite:
         if clip_norm and clip_norm > 0:
             torch.nn.utils.clip_grads_with_norm_(params, clip_norm, gnorm, foreach=True)
@@ -105,4 +124,4 @@ def train_step(
         if scheduler is not None:
             scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(finite=finite, loss_sum=sums[0], nll_sum=sums[1], ntokens=int(ntok.item()), gnorm=gnorm)
+    return StepResult(finite=finite, loss_sum=sums[0], nll_sum=sums[1], ntokens=ntokens, gnorm=gnorm, stop=stop)
