@@ -64,6 +64,9 @@ reproduce: $(STAMP) ## The paper's Table 2 at SCALE (SWEEP=table2: every cell, 3
 tabulate: $(STAMP) ## Rebuild results/<scale>/ tables and plots from the committed runs (results/<scale>/runs)
 	$(PY) scripts/make_report.py --scale $(SCALE) $(ARGS)
 
+verify: $(STAMP) ## Retrain a committed run's first updates and compare its losses bit for bit: make verify RUN=results/cpu/runs/table2_A-no_warmup-s1
+	$(PY) scripts/verify_run.py $(RUN) $(ARGS)
+
 bench: bench-optim bench-data bench-train ## All benchmarks (project against its peers, ratios printed)
 
 bench-optim: $(STAMP) ## Optimizer step time and state memory vs torch.optim / transformers
@@ -82,4 +85,4 @@ clean: ## Remove caches (keeps .venv, data/ and runs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install test lint data train evaluate reproduce tabulate bench bench-optim bench-data bench-train gpu-check clean
+.PHONY: help install test lint data train evaluate reproduce tabulate verify bench bench-optim bench-data bench-train gpu-check clean

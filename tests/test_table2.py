@@ -234,3 +234,27 @@ def test_the_loop_logs_rms_u_of_the_tracked_matrices(tmp_path, make_cfg):
             assert 0 < r[f"optim_rms_u/{name}"] < 100
     with pytest.raises(ValueError, match="logger.track_rms_u: no parameter named"):
         train(make_cfg("experiments=table2_A", "logger.track_rms_u=[no.such.weight]", run="bad"))
+
+
+@pytest.mark.slow
+def test_verify_run_retrains_a_committed_run_bit_for_bit(tmp_path, make_cfg, toy_corpus, toy_data_root, repo_root):
+    """scripts/verify_run.py: a run retrained from its config logs the same losses; a tampered log fails."""
+    import importlib.util
+
+    from conftest import TINY
+
+    from adafactor_repro.train import train
+
+    same = [f"data.local_dir={toy_corpus}", f"data.root={toy_data_root}", *TINY, "schedule.time_scale=1.0",
+            "schedule.warmup_time_scale=null", "schedule.warmup_updates=10", "trainer.log_interval=5"]
+    train(make_cfg("experiments=table2_O", "trainer.max_update=10", "trainer.bleu_at_end=false", *same[2:]))
+    spec = importlib.util.spec_from_file_location("verify_run", repo_root / "scripts" / "verify_run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = tmp_path / "run"
+    assert mod.main([str(run), "--updates", "10", "--", *same]) == 0
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["loss"] += 1e-6
+    (run / "metrics.jsonl").write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
+    assert mod.main([str(run), "--updates", "10", "--", *same]) == 1
