@@ -265,7 +265,8 @@ class Trainer:
         self.raw_model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.sampler.load_state_dict(ckpt["sampler"])
+        # with a global batch, another world size splits it into other per-rank budgets (same batch size)
+        self.sampler.load_state_dict(ckpt["sampler"], rebatch=bool(self.t.tokens_per_update))
         rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
         if len(rngs) != self.dist.world_size and self.main:
             print(f"{path} was written by {len(rngs)} process(es), this run has {self.dist.world_size}: "
