@@ -79,7 +79,7 @@ def validate(model, dataset, sampler, *, device, autocast_dtype, label_smoothing
         loss, nll = S.forward_loss(model, b, label_smoothing=label_smoothing, pad_id=tok.pad_id,
                                    autocast_dtype=autocast_dtype)
         sums += torch.stack((loss.detach().double(), nll.double(),
-                             torch.tensor(float(b["ntokens"]), device=device, dtype=torch.float64)))
+                             torch.full((), float(b["ntokens"]), device=device, dtype=torch.float64)))
     D.all_reduce_sum(sums)
     model.train(was_training)
     loss, nll, n = sums.tolist()
