@@ -10,6 +10,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("ADAFACTOR_REPRO_ROOT", str(ROOT))
+# Without a GPU the Triton optimizer kernels run under the Triton interpreter (tests/test_optim_triton.py);
+# triton fixes its mode when first imported, so this is set before any test module can import it.
+if not Path("/dev/nvidiactl").exists():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # A toy word-for-word "translation" with a fixed reordering, learnable in a few dozen updates.
 WORDS = {

@@ -118,3 +118,21 @@ def test_loader_resumes_mid_epoch_exactly_although_workers_read_ahead(cut):
     resumed = EpochBatches(ds, sampler, pad_id=0, bos_id=2, eos_id=3, num_workers=2)
     for a, b in zip([next(resumed) for _ in range(6)], want[cut:]):
         _same(a, b)
+
+
+def test_a_global_batch_resumes_on_another_number_of_ranks():
+    """Preempted on 1 GPU, resumed on 2: each rank's budget halves (tokens_per_update split anew), so the
+    batches cannot be the same ones; the position moves to the same fraction of the epoch, with a warning."""
+    src, tgt = _lengths(400, seed=5)
+    one = TokenBatchSampler(src, tgt, 512, seed=2, budget="real")
+    one.set_epoch(3)
+    for _, _ in zip(range(len(one) // 2), one):
+        pass
+    state = one.state_dict()
+    two = TokenBatchSampler(src, tgt, 256, seed=2, budget="real", num_replicas=2, rank=1)
+    with pytest.raises(ValueError, match=r"max_tokens \(saved 512, now 256\)"):
+        two.load_state_dict(state)
+    with pytest.warns(UserWarning, match="num_replicas=1 and max_tokens=512, resumed with 2 and 256"):
+        two.load_state_dict(state, rebatch=True)
+    assert two.state_dict()["epoch"] == 3
+    assert abs(two.state_dict()["position"] / len(two) - state["position"] / len(one)) < 0.05

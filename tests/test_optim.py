@@ -3,6 +3,7 @@ state, statistics, dtypes, configs and errors."""
 
 from __future__ import annotations
 
+import copy
 import io
 import itertools
 import math
@@ -234,6 +235,28 @@ def test_state_dict_round_trip_is_bit_exact(fused, beta1, factored):
         sa, sb = opt.state[a], opt3.state[b]
         assert sa.keys() == sb.keys() and sa["step"] == sb["step"] == 6
         assert all(torch.equal(sa[k], sb[k]) for k in sa if k != "step")
+
+
+@pytest.mark.parametrize("fused", PATHS)
+def test_checkpoint_with_an_int_step_resumes(fused):
+    # Checkpoints written before the step count became a tensor hold a Python int: they load as a float32 0-d
+    # tensor on the parameter's device and continue exactly as the tensor form does.
+    kw = dict(lr=0.05, beta1=0.9, min_dim_size_to_factor=MIN_DIM, fused=fused)
+    grads = grad_sequence(SHAPES, 4)
+    ps = make_params()
+    opt = Adafactor(ps, **kw)
+    run(opt, ps, grads[:2])
+    sd = opt.state_dict()
+    old = {**sd, "state": {i: {**st, "step": int(st["step"].item())} for i, st in sd["state"].items()}}
+    resumed = []
+    for state_dict in (sd, old):
+        ps2 = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+        opt2 = Adafactor(ps2, **kw)
+        opt2.load_state_dict(copy.deepcopy(state_dict))  # as from a file: no tensor shared with `opt`
+        assert all(opt2.state[p]["step"].dtype == torch.float32 and opt2.state[p]["step"].item() == 2 for p in ps2)
+        run(opt2, ps2, grads[2:])
+        resumed.append(ps2)
+    assert all(torch.equal(a, b) for a, b in zip(*resumed))
 
 
 @pytest.mark.parametrize("fused", PATHS)

@@ -15,12 +15,13 @@ import sys
 import pytest
 import torch
 
-# Triton fixes interpreted or compiled mode when it is imported, so this must come first. Without a GPU the
-# kernels run under the interpreter on CPU tensors; with one, compiled on CUDA tensors.
+# Triton fixes interpreted or compiled mode when it is imported (conftest.py sets TRITON_INTERPRET=1 first on a
+# machine without a GPU). Without a GPU the kernels run under the interpreter on CPU tensors; with one, compiled
+# on CUDA tensors.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu":
     assert "triton" not in sys.modules or os.environ.get("TRITON_INTERPRET") == "1", (
-        "triton was imported before TRITON_INTERPRET=1 was set: run this module first or on its own"
+        "triton was imported before TRITON_INTERPRET=1 was set (tests/conftest.py sets it)"
     )
     os.environ["TRITON_INTERPRET"] = "1"
 pytest.importorskip("triton")

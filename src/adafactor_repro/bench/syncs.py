@@ -32,7 +32,9 @@ class HostSyncCounter(TorchDispatchMode):
     DataLoader drawing its workers' seed from a CPU generator, torch.optim's CPU step counters) look like
     syncs; ``ignore`` lists source paths (substrings) whose calls are tallied in ``c.ignored`` instead.
     ``Tensor.tolist`` reads memory without dispatching an op on CPU, so it is counted by wrapping it for
-    the duration of the block. ``repeat_interleave`` is counted even when given ``output_size`` (rare)."""
+    the duration of the block. ``repeat_interleave`` is counted even when given ``output_size`` (rare).
+    Not visible on CPU: a copy from pageable host memory to the GPU (``torch.tensor(x, device="cuda")``),
+    which waits for the stream; the GPU check's CUDA sync debug mode reports those."""
 
     def __init__(self, ignore: tuple[str, ...] = ()):
         super().__init__()

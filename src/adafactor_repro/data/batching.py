@@ -181,23 +181,26 @@ class TokenBatchSampler:
         return {"epoch": self.epoch, "position": self.position if position is None else int(position),
                 **self._signature()}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, rebatch: bool = False) -> None:
         """Exact resume when the signature matches. A different `num_replicas` (resuming on another number
         of GPUs) cannot be exact: the position is rescaled to the same fraction of the epoch, with a warning.
-        Any other difference (data, max_tokens, seed) is an error."""
+        `rebatch` allows a different `max_tokens` too, in the same way: a global batch split over another
+        number of ranks gives each rank another budget. Any other difference (data, seed) is an error."""
         mine = self._signature()
         diff = {k: (state.get(k), v) for k, v in mine.items() if k in state and state[k] != v}
         position = int(state["position"])
-        if set(diff) - {"num_replicas", "num_batches"}:
+        may_differ = {"num_replicas", "num_batches"} | ({"max_tokens"} if rebatch else set())
+        if set(diff) - may_differ:
             raise ValueError("cannot resume the batch order: the checkpoint's sampler differs in "
                              + ", ".join(f"{k} (saved {a}, now {b})" for k, (a, b) in diff.items())
                              + "; resume with the same data, max_tokens and seed")
         if diff:
             saved_len = max(1, int(state["num_batches"]) // int(state["num_replicas"]))
             position = min(len(self), position * len(self) // saved_len)
-            warnings.warn(f"sampler saved with num_replicas={state['num_replicas']}, resumed with "
-                          f"{self.num_replicas}: the batches differ, resuming at the same fraction of epoch "
-                          f"{state['epoch']} (position {position}/{len(self)})", stacklevel=2)
+            warnings.warn(f"sampler saved with num_replicas={state['num_replicas']} and max_tokens="
+                          f"{state['max_tokens']}, resumed with {self.num_replicas} and {self.max_tokens}: the "
+                          f"batches differ, resuming at the same fraction of epoch {state['epoch']} (position "
+                          f"{position}/{len(self)})", stacklevel=2)
         if not 0 <= position <= len(self):
             raise ValueError(f"sampler position {position} outside [0, {len(self)}]")
         self.epoch, self.position = int(state["epoch"]), position

@@ -79,7 +79,7 @@ def validate(model, dataset, sampler, *, device, autocast_dtype, label_smoothing
         loss, nll = S.forward_loss(model, b, label_smoothing=label_smoothing, pad_id=tok.pad_id,
                                    autocast_dtype=autocast_dtype)
         sums += torch.stack((loss.detach().double(), nll.double(),
-                             torch.tensor(float(b["ntokens"]), device=device, dtype=torch.float64)))
+                             torch.full((), float(b["ntokens"]), device=device, dtype=torch.float64)))
     D.all_reduce_sum(sums)
     model.train(was_training)
     loss, nll, n = sums.tolist()
@@ -265,7 +265,8 @@ class Trainer:
         self.raw_model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.sampler.load_state_dict(ckpt["sampler"])
+        # with a global batch, another world size splits it into other per-rank budgets (same batch size)
+        self.sampler.load_state_dict(ckpt["sampler"], rebatch=bool(self.t.tokens_per_update))
         rngs = ckpt["rng"] if isinstance(ckpt["rng"], list) else [ckpt["rng"]]
         if len(rngs) != self.dist.world_size and self.main:
             print(f"{path} was written by {len(rngs)} process(es), this run has {self.dist.world_size}: "

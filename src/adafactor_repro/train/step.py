@@ -91,7 +91,9 @@ def train_step(
     """
     device = micro_batches[0]["target"].device
     local_tokens = sum(int(b["ntokens"]) for b in micro_batches)
-    ntok = torch.tensor(float(local_tokens), device=device)
+    # torch.full, not torch.tensor: a Python number copied to a GPU waits for the stream (a pageable
+    # copy), i.e. for the previous update's optimizer step; filling launches a kernel and returns
+    ntok = torch.full((), float(local_tokens), device=device)
     all_reduce_sum(ntok)
     # world_size / ntokens: DDP's gradient average over ranks becomes a sum over ranks, divided by tokens
     scale = world_size / ntok.clamp(min=1.0)
