@@ -177,11 +177,18 @@ def test_ctrl_c_and_sigterm_save_and_say_truly_where(tmp_path, make_cfg, monkeyp
         return loss, nll
 
     monkeypatch.setattr(step, "label_smoothed_nll_loss", nan_from_13th)
-    s = train(make_cfg("trainer.max_update=30", "trainer.bleu_at_end=false"))
+    # Ctrl-C as an interactive shell delivers it: a test process started in the background (`pytest &`, a CI
+    # runner) inherits SIGINT ignored, and a run leaves an ignored SIGINT alone (signals.StopFlag).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        s = train(make_cfg("trainer.max_update=30", "trainer.bleu_at_end=false"))
+        restored = signal.getsignal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert s["status"] == "running" and s["updates"] == 12
     assert torch.load(tmp_path / "run" / LAST, weights_only=True)["update"] == 12
     assert "checkpoint_last.pt saved at update 12" in capsys.readouterr().out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert restored is signal.default_int_handler  # the run put back the handler it found
 
 
 # 11 -----------------------------------------------------------------------------------------------------
