@@ -170,3 +170,17 @@ def test_translate_with_the_project_tokenizer_and_collate(tmp_path):
     batch = collate([(tok.encode(s), tok.encode(s)) for s in sents])
     hyps = beam_search(model, batch["src_tokens"], beam=3, max_len_b=6)
     assert out == [tok.decode(h) for h in hyps]
+
+
+def test_a_search_step_reads_the_device_once():
+    """On a GPU every read drains the launch queue. A step reads its eos proposals and nothing else; a step
+    that finishes hypotheses also reads their scores, beams and tokens (3 reads). Here every sentence must end
+    at step L (eos forbidden before, forced at), so the search runs L + 1 steps and finishes once."""
+    from adafactor_repro.bench.syncs import HostSyncCounter
+
+    model, src, L = make_model(train_steps=0), sources(), 6
+    with HostSyncCounter() as c:
+        hyps = beam_search(model, src, beam=3, min_len=L, max_len=torch.full((src.size(0),), L))
+    assert [len(h) for h in hyps] == [L] * src.size(0)
+    # 1: the length limits; 1: init_cache asks whether the sources have padding; L + 1 steps; 3 at the finish
+    assert c.ops == {"tolist": 1 + (L + 1) + 3, "is_nonzero": 1}, c.ops

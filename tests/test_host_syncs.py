@@ -28,6 +28,17 @@ def test_counter_sees_item_tolist_nonzero_and_mask_indexing():
     assert c.ops == {"_local_scalar_dense": 2, "tolist": 1, "index[bool mask]": 1, "nonzero": 1}
 
 
+def test_counter_sees_reads_under_inference_mode():
+    """Inference mode hands the mode ``item`` and ``is_nonzero`` undecomposed (decoding runs under it)."""
+    with torch.inference_mode():
+        x = torch.arange(6.0)
+        with HostSyncCounter() as c:
+            x.sum().item()
+            bool(x.max() > 2)
+            x.nonzero()
+    assert c.ops == {"item": 1, "is_nonzero": 1, "nonzero": 1}
+
+
 def test_packed_targets_remove_the_syncs_of_the_masked_forward():
     torch.manual_seed(0)
     model = Transformer(TransformerConfig(vocab_size=50, d_model=16, n_heads=2, ffn_dim=32, encoder_layers=1,

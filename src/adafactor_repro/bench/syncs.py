@@ -18,9 +18,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 aten = torch.ops.aten
 
-# ops that always wait for the device
-_ALWAYS = {aten._local_scalar_dense, aten.nonzero, aten.masked_select, aten.unique_consecutive, aten._unique2,
-           aten.equal, aten.repeat_interleave}
+# ops that always wait for the device. Under ``torch.inference_mode`` a read reaches the mode as ``item`` or
+# ``is_nonzero`` (``bool(t)``), not decomposed to ``_local_scalar_dense``; the mode sees one of them, never both.
+_ALWAYS = {aten._local_scalar_dense, aten.item, aten.is_nonzero, aten.nonzero, aten.masked_select,
+           aten.unique_consecutive, aten._unique2, aten.equal, aten.repeat_interleave}
 # indexing ops that wait only when an index is a boolean mask
 _MASKED = {aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_}
 

@@ -80,48 +80,51 @@ def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, ma
     max_len = torch.as_tensor(max_len, device=device).long().clamp(0, model.cfg.max_positions - 1).expand(B)
     min_len = torch.as_tensor(min_len, device=device).long().expand(B)
     max_len = torch.maximum(max_len, min_len)
+    # One host read per batch: the length limits. From them the host knows, with no further read, at which
+    # step each sentence must end and whether any still forbids eos, so a step's only read is its eos
+    # proposals (on a GPU each read drains the launch queue).
+    max_len_h, min_len_h = torch.stack([max_len, min_len]).tolist()
 
     # Step 0 runs on one row per sentence (all beams would be identical); the cache is then expanded to
-    # K rows per sentence by the first reordering below.
-    # one host read per batch: the cache's size, bos + the longest hypothesis + its eos
-    cache = model.init_cache(model.encode(src_tokens), max_len=int(max_len.max()) + 2)
+    # K rows per sentence by the first reordering below. Its size: bos + the longest hypothesis + its eos.
+    cache = model.init_cache(model.encode(src_tokens), max_len=max(max_len_h) + 2)
     tokens = torch.full((B, 1), BOS_ID, dtype=torch.long, device=device)
     scores = torch.zeros(B, 1, device=device)  # cumulative log-probabilities of the live beams
-    active = torch.arange(B, device=device)  # original index of each sentence still in the batch
+    active_h = list(range(B))  # original index of each sentence still in the batch, on the host ...
+    active = torch.arange(B, device=device)  # ... and on the device, for the per-sentence length masks
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]
     not_eos = torch.arange(V, device=device).ne(EOS_ID)
     cand_rank = torch.arange(2 * K, device=device)
 
     step = 0
-    while active.numel():
+    while active_h:
         n, k_now = scores.shape
         lprobs = torch.log_softmax(model.decode_step(tokens[:, -1], cache).float(), dim=-1)
         lprobs[:, PAD_ID] = -math.inf
         lprobs[:, BOS_ID] = -math.inf
-        lprobs[:, EOS_ID].masked_fill_((min_len[active] > step).repeat_interleave(k_now), -math.inf)
-        at_max = max_len[active] <= step  # [n]: these sentences end now, with eos's own log-prob
-        any_at_max = bool(at_max.any())
-        if any_at_max:  # (skips two passes over [rows, V] on most steps)
-            lprobs.masked_fill_(at_max.repeat_interleave(k_now)[:, None] & not_eos, -math.inf)
+        if any(min_len_h[s] > step for s in active_h):  # eos forbidden before min_len
+            lprobs[:, EOS_ID].masked_fill_(_per_beam(min_len[active] > step, k_now), -math.inf)
+        at_max_h = [max_len_h[s] <= step for s in active_h]  # these sentences end now, with eos's log-prob
+        if any(at_max_h):
+            lprobs.masked_fill_(_per_beam(max_len[active] <= step, k_now)[:, None] & not_eos, -math.inf)
 
         cand = (scores[:, :, None] + lprobs.view(n, k_now, V)).view(n, k_now * V)
         top_scores, top_idx = cand.topk(min(2 * K, k_now * V), dim=1)
         top_beam, top_tok = top_idx // V, top_idx % V
         is_eos = top_tok.eq(EOS_ID) & top_scores.isfinite()
 
-        # Finish hypotheses ending in eos among the first K proposals (fairseq's rule).
-        fin = is_eos[:, :K].nonzero().tolist()
+        # Finish hypotheses ending in eos among the first K proposals (fairseq's rule). The step's one read;
+        # the scores and tokens are read only on steps that finish something.
+        fin = [(i, j) for i, row in enumerate(is_eos[:, :K].tolist()) for j, e in enumerate(row) if e]
         if fin:
             lp = length_penalty(step + 1, lenpen)
             fin_scores, fin_beams = top_scores[:, :K].tolist(), top_beam[:, :K].tolist()
-            hyp_tokens, act = tokens[:, 1:].tolist(), active.tolist()
+            hyp_tokens = tokens[:, 1:].tolist()
             for i, j in fin:
-                store = finished[act[i]]
+                store = finished[active_h[i]]
                 if len(store) < K:
                     store.append((fin_scores[i][j] / lp, hyp_tokens[i * k_now + fin_beams[i][j]]))
-        done = at_max.clone() if any_at_max else torch.zeros_like(at_max)
-        if fin:
-            done |= torch.tensor([len(finished[s]) >= K for s in active.tolist()], device=device)
+        keep_h = [i for i, s in enumerate(active_h) if not at_max_h[i] and len(finished[s]) < K]
 
         # The K best non-eos proposals continue (stable order: eos ones sorted after every non-eos one;
         # should fewer than K non-eos be finite, the eos fillers get -inf and never finish).
@@ -130,10 +133,11 @@ def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, ma
         scores = top_scores.gather(1, keep_pos).masked_fill(is_eos.gather(1, keep_pos), -math.inf)
         rows = torch.arange(n, device=device)[:, None] * k_now + top_beam.gather(1, keep_pos)
         next_tok = top_tok.gather(1, keep_pos)
-        shrink = bool(done.any())
-        if shrink:
-            keep = ~done
-            active, scores, rows, next_tok = active[keep], scores[keep], rows[keep], next_tok[keep]
+        shrink = len(keep_h) < n
+        if shrink:  # finished sentences leave the batch
+            active_h = [active_h[i] for i in keep_h]
+            keep = torch.tensor(keep_h, dtype=torch.long, device=device)
+            active, scores, rows, next_tok = (t.index_select(0, keep) for t in (active, scores, rows, next_tok))
         rows = rows.view(-1)
         tokens = torch.cat([tokens.index_select(0, rows), next_tok.view(-1, 1)], dim=1)
         # Reordering beams stays within a sentence, whose encoder keys/values are the same for every beam;
@@ -144,6 +148,12 @@ def _beam_search(model, src_tokens, K, lenpen, max_len_a, max_len_b, min_len, ma
     best = [max(hyps, key=lambda h: h[0]) for hyps in finished]
     out = [h[1] for h in best]
     return (out, [h[0] for h in best]) if return_scores else out
+
+
+def _per_beam(per_sentence: Tensor, k: int) -> Tensor:
+    """[n] -> [n * k]: each sentence's value for each of its beams (``repeat_interleave`` without its
+    output-size read)."""
+    return per_sentence[:, None].expand(-1, k).reshape(-1)
 
 
 def translate(model: Transformer, tokenizer: Tokenizer, sentences: Sequence[str], beam: int = 4,
