@@ -165,6 +165,10 @@ def test_cells_seeds_collapse_split_and_agreement(tmp_path, repo_root):
 
     md = T.to_markdown(s["rows"], s["cells"])
     assert "no-warmup cells 2/2; all cells 4/4" in md and "threshold" not in md.split("\n")[0]
+    # moving the line: at 0.5 x 21 = 10.5, B without warmup (mean 10) collapses where the paper's 23.1 trains
+    sens = T.sensitivity(s["cells"], s["split"])
+    assert sens[0.2] == s["agreement"] and sens[0.5] == {"no_warmup": (1, 2), "all": (3, 4)}
+    assert "0.5 x best warmup: no-warmup 1/2, all 3/4." in md
     rows_csv = list(csv.DictReader(T.to_csv(s["rows"]).splitlines()))
     assert {"row", "schedule", "paper_bleu", "bleu_mean", "bleu_sd", "n_seeds", "n_collapsed", "agrees"} <= set(rows_csv[0])
 
