@@ -4,15 +4,21 @@ logged training losses, bit for bit.
 
     python scripts/verify_run.py results/cpu/runs/table2_A-no_warmup-s1            # first 30 updates
     python scripts/verify_run.py results/cpu/runs/table2_O-warmup-s2 --updates 50 -- data.local_dir=...
+    python scripts/verify_run.py results/cpu/runs/table2_A-no_warmup-s1 --rtol 1e-3   # on another CPU
 
 The run is retrained with the overrides that name it (scale, experiment, schedule, seed) in a temporary
-directory; every train record both runs logged up to N must agree exactly. Exit 0 when they do, 1 otherwise.
+directory; every train record both runs logged up to N must agree exactly (or within ``--rtol``). Exit 0 when
+they do, 1 otherwise. Bit for bit holds on the CPU and torch build that trained the run (its summary.json
+names them): another vector unit orders float sums differently, and the losses then differ in their last
+digits (measured: a run of the 2026-11-28 VM retrained on the AVX2-only VM of 2026-12-04 differed by
+1.5e-5 relative at update 10, 1.0e-4 at update 30).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -20,6 +26,8 @@ import tempfile
 from pathlib import Path
 
 import yaml
+
+from adafactor_repro.machine import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", type=Path, help="a run directory with config.yaml and metrics.jsonl")
     ap.add_argument("--updates", type=int, default=30, help="updates to retrain and compare (default 30)")
+    ap.add_argument("--rtol", type=float, default=0.0,
+                    help="relative tolerance (default 0: bit for bit; use 1e-3 on another CPU)")
     args = ap.parse_args(argv)
     cfg_path, metrics = args.run_dir / "config.yaml", args.run_dir / "metrics.jsonl"
     if not cfg_path.exists() or not metrics.exists():
@@ -67,14 +77,23 @@ def main(argv: list[str] | None = None) -> int:
             print("the retraining failed; rerun the command above to see why", file=sys.stderr)
             return 1
         got = train_losses(Path(tmp) / "run" / "metrics.jsonl", max(want))
-    bad = [u for u in want if got.get(u) != want[u]]
+    rel = {u: abs(got[u] - want[u]) / max(abs(want[u]), 1e-30) if u in got else math.inf for u in want}
+    bad = [u for u in want if rel[u] > args.rtol]
     for u in sorted(want):
-        print(f"update {u:>6}: committed {want[u]!r:>22}  retrained {got.get(u)!r:>22}  "
-              f"{'ok' if u not in bad else 'DIFFERS'}")
+        tag = "identical" if rel[u] == 0 else f"rel {rel[u]:.1e}" + (" DIFFERS" if u in bad else " ok")
+        print(f"update {u:>6}: committed {want[u]!r:>22}  retrained {got.get(u)!r:>22}  {tag}")
     if bad:
-        print(f"{len(bad)} of {len(want)} logged losses differ", file=sys.stderr)
+        worst = max(rel.values())
+        print(f"{len(bad)} of {len(want)} logged losses differ (max relative difference {worst:.1e}, --rtol "
+              f"{args.rtol:g})", file=sys.stderr)
+        summary = args.run_dir / "summary.json"
+        trained_on = json.loads(summary.read_text()).get("cpu") if summary.exists() else None
+        if worst < 1e-3:  # last-digit differences compound over updates; a wrong config differs at update 1
+            print(f"The differences are at float rounding level. The run was trained on "
+                  f"{trained_on or 'a machine it does not record'}; this is {cpu_name()}. If they differ, "
+                  f"compare with --rtol 1e-3 instead of bit for bit.", file=sys.stderr)
         return 1
-    print(f"{len(want)} logged losses identical")
+    print(f"{len(want)} logged losses " + ("identical" if max(rel.values()) == 0 else f"within --rtol {args.rtol:g}"))
     return 0
 
 

@@ -262,3 +262,5 @@ def test_verify_run_retrains_a_committed_run_bit_for_bit(tmp_path, make_cfg, toy
     rec["loss"] += 1e-6
     (run / "metrics.jsonl").write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
     assert mod.main([str(run), "--updates", "10", "--", *same]) == 1
+    assert mod.main([str(run), "--updates", "10", "--rtol", "1e-6", "--", *same]) == 0  # 1e-6 in ~8: 1.3e-7
+    assert json.loads((run / "summary.json").read_text())["cpu"]  # the machine that trained it, for the message

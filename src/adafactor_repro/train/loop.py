@@ -31,7 +31,7 @@ from ..data import (
 )
 from ..data.loader import EpochBatches
 from ..files import SUMMARY, DirLock, atomic_write_json, atomic_write_text, read_summary, sweep_stale_temps
-from ..machine import git_commit
+from ..machine import cpu_name, git_commit
 from ..model import Transformer, TransformerConfig
 from ..optim import optimizer_state_breakdown, optimizer_state_bytes
 from . import distributed as D
@@ -411,6 +411,10 @@ class Trainer:
             "peak_memory_bytes": peak_memory_bytes(self.device),
             "name": self.cfg.name, "schedule": self.schedule_choice,
             "scale": _hydra_choice(self.cfg, "scale") or self.cfg.get("scale_name"),
+            # float sums differ in their last bits between vector units: `make verify` is bit for bit only on
+            # the CPU (or GPU) and torch build that trained the run, so the run says which they were
+            "cpu": cpu_name(), "torch": torch.__version__,
+            "cuda_device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
         }
         s.update(extra)
         if self.main:
