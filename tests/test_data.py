@@ -149,6 +149,8 @@ def test_raw_eval_text_is_every_line_uncleaned(built):
 def test_sentencepiece_round_trip_and_special_ids(built):
     tok = load_tokenizer(built[0])
     assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (0, 1, 2, 3)
+    import adafactor_repro.model as M  # the model states the same ids itself (it knows no tokenizer)
+    assert (M.PAD_ID, M.UNK_ID, M.BOS_ID, M.EOS_ID) == (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id)
     assert [tok.sp.id_to_piece(i) for i in range(4)] == ["<pad>", "<unk>", "<s>", "</s>"]
     for text in ["the quick brown dog", "  Esuoh   Eert  ", "ｒｉｖｅｒ  tree"]:
         ids = tok.encode(text)

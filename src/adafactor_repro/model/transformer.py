@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# The vocabulary's special ids (sentencepiece as data/ trains it). Stated here too because the model imports no
+# data code; the Tokenizer refuses an spm model with other ids, and tests/test_data.py pins that the two agree.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
