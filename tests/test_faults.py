@@ -250,3 +250,12 @@ def test_config_changes_allowed_on_resume():
     one_on_8 = {**same, "trainer": {**same["trainer"], "update_freq": 1}}
     assert config_changes(stored, one_on_8, stored_world_size=1, world_size=8) == []
     assert config_changes(stored, one_on_8, stored_world_size=1, world_size=4) == ["trainer.update_freq: 8 -> 1"]
+    # a padded budget resumed on other process counts with update_freq unchanged: the batch would change
+    assert config_changes(stored, same, stored_world_size=2, world_size=4) == [
+        "the batch of an update, max_tokens x update_freq x processes: 8 x 2 -> 8 x 4 processes (resume with "
+        "trainer.update_freq=4)"]
+    assert "resume on 3 process(es)" in config_changes(stored, same, stored_world_size=3, world_size=16)[0]
+    # ... unless trainer.tokens_per_update holds the global batch (the loop re-splits it)
+    tpu = {**same, "trainer": {**same["trainer"], "tokens_per_update": 4096}}
+    assert config_changes({**stored, "trainer": {**stored["trainer"], "tokens_per_update": 4096}}, tpu,
+                          stored_world_size=2, world_size=4) == []

@@ -47,5 +47,15 @@ def config_changes(stored: dict, new: dict, stored_world_size: int = 1, world_si
     allowed = lambda k: any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE)  # noqa: E731
     k = "trainer.update_freq"
     same_batch = k in a and k in b and a[k] * stored_world_size == b[k] * world_size
-    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b))
-            if a[k] != b[k] and not allowed(k) and not (k == "trainer.update_freq" and same_batch)]
+    out = [f"{k}: {a[k]!r} -> {b[k]!r}" for k in sorted(set(a) & set(b))
+           if a[k] != b[k] and not allowed(k) and not (k == "trainer.update_freq" and same_batch)]
+    # A padded budget (trainer.max_tokens per rank, no trainer.tokens_per_update, which the loop re-splits
+    # itself) on another number of processes with the same update_freq would change the batch of an update.
+    if (stored_world_size != world_size and not b.get("trainer.tokens_per_update")
+            and a.get(k, 1) == b.get(k, 1)):
+        want = a.get(k, 1) * stored_world_size / world_size
+        fix = (f"resume with {k}={int(want)}" if want == int(want) else
+               f"resume on {stored_world_size} process(es)")
+        out.append(f"the batch of an update, max_tokens x update_freq x processes: {a.get(k, 1)} x "
+                   f"{stored_world_size} -> {b.get(k, 1)} x {world_size} processes ({fix})")
+    return out
