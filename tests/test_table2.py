@@ -158,7 +158,7 @@ def test_cells_seeds_collapse_split_and_agreement(tmp_path, repo_root):
     assert (a_nw["bleu_mean"], a_nw["n_seeds"], a_nw["n_collapsed"], a_nw["n_diverged"]) == ("0.50", "3", "3", "1")
     assert a_nw["verdict"] == "collapsed" and a_nw["paper_bleu"] == "0.1" and a_nw["agrees"] == "yes"
     assert a_w["verdict"] == "trains" and a_w["agrees"] == "yes"
-    assert b_nw["verdict"] == "trains (1/2 collapsed)" and b_nw["agrees"] == "yes"  # the mean decides
+    assert b_nw["verdict"] == "trains (split: 1/2 seeds collapsed)" and b_nw["agrees"] == "yes"  # the mean decides
     assert q["verdict"] == "collapsed" and q["paper_bleu"] == "diverged" and q["agrees"] == "yes"
     assert a_nw["seeds_bleu"] == "s1:1.00 s2:0.50 s3:0.00"
     assert s["agreement"] == {"no_warmup": (2, 2), "all": (4, 4)}

@@ -8,7 +8,7 @@ the seeds of one experiment file (``paper_row`` in the run's config). The paper'
 ``COLLAPSE_FRACTION`` x the best warmup cell of its own table (the best mean over seeds), or when it diverged.
 The paper's own cells get the same rule against the paper's best warmup cell (25.9, row N): 0.1-0.5 BLEU
 against 25.9 is the paper's case. A cell's verdict uses its mean BLEU (a diverged seed counts as 0); the seeds
-that collapsed are counted beside it, so a split cell reads e.g. "2/3 collapsed".
+that collapsed are counted beside it, so a split cell reads e.g. "collapsed (split: 2/3 seeds collapsed)".
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def cell_rows(cells: list[Cell], split: str, fraction: float = COLLAPSE_FRACTION
         n = len(c.bleus)
         verdict = "-" if collapsed is None else ("collapsed" if collapsed else "trains")
         if n_coll is not None and 0 < n_coll < n:
-            verdict += f" ({n_coll}/{n} collapsed)"
+            verdict += f" (split: {n_coll}/{n} seeds collapsed)"
         s0 = c.runs[0].summary
         state, params = s0.get("optimizer_state_bytes"), s0.get("num_parameters")
         rows.append({
