@@ -139,7 +139,7 @@ def cell_rows(cells: list[Cell], split: str, fraction: float = COLLAPSE_FRACTION
             "agrees": "-" if collapsed is None else ("yes" if collapsed == paper_collapsed else "no"),
             "seeds_bleu": " ".join(f"s{run_seed(r)}:{b:.2f}" for r, b in zip(c.runs, c.bleus)),
             "valid_ppl_mean": _f(statistics.fmean([r.summary["valid_ppl"] for r in c.runs
-                                                    if isinstance(r.summary.get("valid_ppl"), (int, float))] or [math.nan])),
+                                                    if isinstance(r.summary.get("valid_ppl"), (int, float))] or [math.nan]), ".4g"),
             "opt_state_bytes": str(state) if state is not None else "-",
             "opt_state_B_per_param": _f(state / params if state is not None and params else None, ".3f"),
             "wall_min_mean": _f(statistics.fmean([(r.summary.get("wall_time_s") or 0) / 60 for r in c.runs]), ".1f"),
