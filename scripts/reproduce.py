@@ -22,6 +22,7 @@ import os
 import queue
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -93,8 +94,19 @@ def visible_gpus() -> list[str]:
         return []
 
 
+_say_lock = threading.Lock()
+
+
+def say(line: str) -> None:
+    """One whole line at a time: with --jobs > 1 the cells report from threads, and print() writes the text and
+    its newline separately, so two lines could run together."""
+    with _say_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
 def sh(cmd: list[str], dry: bool, log: Path | None = None, env_extra: dict | None = None) -> int:
-    print("+", " ".join(([f"{k}={v}" for k, v in (env_extra or {}).items()]) + cmd), flush=True)
+    say("+ " + " ".join(([f"{k}={v}" for k, v in (env_extra or {}).items()]) + cmd))
     if dry:
         return 0
     env = {**os.environ, "ADAFACTOR_REPRO_ROOT": str(ROOT), **(env_extra or {})}
@@ -180,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             tag = f"[{k}/{len(cells)}] {name}"
             done = finished(published / name)
             if done:
-                print(f"{tag}: {done}, published, skipped", flush=True)
+                say(f"{tag}: {done}, published, skipped")
             elif done := finished(run_dir):
                 publish(run_dir, published / name)
-                print(f"{tag}: {done}, skipped", flush=True)
+                say(f"{tag}: {done}, skipped")
             else:
                 todo.append((tag, exp, sched, seed, run_dir, run_status(run_dir)))
 
@@ -204,9 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             # With several jobs at once each cell's output goes to its own log beside the run directories.
             log = runs_dir / "logs" / f"{run_dir.name}.log" if args.jobs > 1 else None
             if status != "completed":
-                print(f"{tag}: {'resuming' if status == 'running' else 'training'}"
-                      + (f" on GPU {gpu['CUDA_VISIBLE_DEVICES']}" if gpu else "")
-                      + (f" (log: {log})" if log else ""), flush=True)
+                say(f"{tag}: {'resuming' if status == 'running' else 'training'}"
+                    + (f" on GPU {gpu['CUDA_VISIBLE_DEVICES']}" if gpu else "")
+                    + (f" (log: {log})" if log else ""))
                 rc = sh([py, "scripts/train.py", *common, f"experiments={exp}", f"schedule={sched}",
                          f"trainer.seed={seed}", f"run_dir={run_dir}", *extra], args.dry_run, log, gpu)
                 if rc != 0:
@@ -216,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                     return f"{run_dir.name} (evaluation)"
             if not args.dry_run and finished(run_dir):
                 publish(run_dir, published / run_dir.name)
-            print(f"{tag}: {run_status(run_dir) if not args.dry_run else 'done'}", flush=True)
+            say(f"{tag}: {run_status(run_dir) if not args.dry_run else 'done'}")
             return None
 
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:

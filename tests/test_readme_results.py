@@ -1,0 +1,61 @@
+"""The README's Results section quotes the committed cpu table; these checks keep it from going stale.
+
+The table file (results/cpu/table2.md) is rebuilt by `make tabulate` from the committed run directories; the README
+is written by hand. After a sweep adds seeds, every figure the README quotes from the table must be the table's.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+TABLE = ROOT / "results" / "cpu" / "table2.md"
+RUNS = ROOT / "results" / "cpu" / "runs"
+
+pytestmark = pytest.mark.skipif(not TABLE.exists(), reason="no committed cpu table")
+
+
+def results_section() -> str:
+    text = README.read_text()
+    start = text.index("## Results")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def side_by_side(text: str) -> list[str]:
+    lines = text.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith("| row | factored"))
+    out = []
+    for line in lines[i:]:
+        if not line.startswith("|"):
+            break
+        out.append(line)
+    return out
+
+
+def test_readme_table_is_the_committed_table():
+    assert side_by_side(results_section()) == side_by_side(TABLE.read_text()), (
+        "README.md's Results table differs from results/cpu/table2.md: copy the '| row | factored' block over")
+
+
+def test_readme_mean_sd_figures_are_in_the_table():
+    table = TABLE.read_text()
+    quoted = re.findall(r"\d+\.\d\d ± \d+\.\d\d", results_section())
+    assert len(quoted) > 10  # the section quotes the table; if this fails the pattern no longer matches it
+    stale = [q for q in quoted if q not in table]
+    assert not stale, f"README.md quotes mean ± sd not in results/cpu/table2.md (stale after new seeds?): {stale}"
+
+
+def test_readme_agreement_and_run_count_match():
+    section = results_section()
+    table = TABLE.read_text()
+    ours = re.search(r"no-warmup cells (\d+)/(\d+); all cells (\d+)/(\d+)", table)
+    assert ours, "table2.md no longer states its agreement counts"
+    readme = re.search(r"no-warmup cells (\d+)/(\d+), all cells (\d+)/(\d+)", section)
+    assert readme and readme.groups() == ours.groups(), "README.md's agreement counts differ from table2.md's"
+    runs = sum(1 for d in RUNS.iterdir() if (d / "summary.json").exists())
+    stated = re.search(r"(\d+) of the table's (\d+) runs", section)
+    if stated:  # the "Partial" bullet: present only while the sweep is incomplete
+        assert int(stated.group(1)) == runs, f"README.md says {stated.group(1)} runs; results/cpu/runs has {runs}"
