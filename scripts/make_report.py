@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +21,19 @@ from adafactor_repro.report import build_rows, find_runs, table2, write_table
 from adafactor_repro.report.plots import plot_figure1, plot_optimizer_memory, plot_valid_loss
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def uncommitted(runs: list, runs_root: Path) -> str:
+    """The commit stamp names HEAD; say so when some of the tabulated runs are not in it yet (a sweep tabulates
+    before its runs are committed), so the stamp never vouches for files it does not hold."""
+    try:  # ls-files prints paths relative to its working directory: "<run>/summary.json"
+        out = subprocess.run(["git", "ls-files", "--others", "--modified", "--exclude-standard", "--", "."],
+                             cwd=runs_root, capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""  # not a git checkout: the stamp says "unknown" already
+    changed = {line.split("/", 1)[0] for line in out.splitlines()}
+    dirty = [r for r in runs if r.path.name in changed]
+    return f" + {len(dirty)} of these run directories not committed yet" if dirty else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     common = [
         f"- command: `{' '.join(shlex.quote(a) for a in ['python', 'scripts/make_report.py', *(argv or sys.argv[1:])])}`"
         f" over {len(runs)} run directories in `{where}`",
-        f"- commit: {git_commit(short=True) or 'unknown'}; tabulated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- commit: {git_commit(short=True) or 'unknown'}{uncommitted(runs, runs_root)};"
+        f" tabulated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine_header()}" + (f"; runs on: {', '.join(devices)}" if devices else ""),
         *([f"- note: {args.note}"] if args.note else []),
     ]
