@@ -5,9 +5,12 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# CPU wheel by default (a file on disk here). A GPU user either installs their CUDA torch into $(VENV)
+# A pin, not a wheel: this project's machines serve its CPU build from their package index; plain PyPI on
+# Linux serves the CUDA build of the same pin, so a CPU-only machine adds
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu. A GPU user either installs their CUDA torch into $(VENV)
 # first (it is kept: torch is only installed when missing) or passes TORCH='torch==X.Y.Z'.
 TORCH  ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 
 # Knobs of the data, training and reproduction targets.
@@ -26,16 +29,16 @@ help: ## List the targets and their knobs
 	@echo "Adafactor (Shazeer & Stern 2018) on WMT14 En-De — make targets:"
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 	@echo
-	@echo "Knobs: SCALE=cpu|gpu (auto: $(SCALE))  DATA=wmt14|multi30k  DATA_DIR=<local copy>"
+	@echo "Knobs: SCALE=cpu|gpu|cpu_prenorm|vaswani (auto: $(SCALE))  DATA=wmt14|wmt14_t2t|wmt14_local_dev|multi30k  DATA_DIR=<local copy>"
 	@echo "       SWEEP=table2|table2_core|paper  EXPERIMENTS=table2_A,table2_O  LAUNCHER=slurm  JOBS=$(or $(JOBS),<one per GPU>)"
-	@echo "       ARGS='<extra arguments>'"
-	@echo "       VENV=$(VENV)  TORCH=$(TORCH)"
+	@echo "       RUN=<run directory> (make verify)  ARGS='<extra arguments>'"
+	@echo "       VENV=$(VENV)  TORCH=$(TORCH)  TORCH_INDEX=<pip index for torch, e.g. its CPU wheels>"
 
 $(STAMP): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null && echo "torch already installed in $(VENV): keeping it" \
-		|| $(PY) -m pip install -q "$(TORCH)"
+		|| $(PY) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@
 

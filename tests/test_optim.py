@@ -315,7 +315,7 @@ def test_stochastic_rounding_is_unbiased_and_keeps_tiny_updates():
     torch.manual_seed(0)
     from adafactor_repro.optim import stochastic_round_to_bf16
 
-    x = torch.full((200_000,), 1.0 + 2**-10)  # a quarter of the way from 1 to the next bf16 (1 + 2^-7 ... )
+    x = torch.full((200_000,), 1.0 + 2**-10)  # an eighth of the way from 1 to the next bf16 (1 + 2^-7 ... )
     r = stochastic_round_to_bf16(x).float()
     lo, hi = 1.0, 1.0 + 2**-7
     assert set(r.unique().tolist()) == {lo, hi}

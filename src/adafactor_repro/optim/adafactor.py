@@ -80,7 +80,8 @@ class Adafactor(Optimizer):
             (V-hat_ij = R_i) or only the column means C (V-hat_ij = C_j), the simplified estimators of the
             end of Section 3. Leading dims of a tensor of rank > 2 are batch dims.
         min_dim_size_to_factor: both of the last two dims must be at least this for a tensor to be factored
-            (tensor2tensor uses 128); other tensors keep a full second moment whatever ``factored`` says.
+            (tensor2tensor factors every 2-D tensor whatever its size; 128 is mesh-tensorflow's and T5's default);
+            other tensors keep a full second moment whatever ``factored`` says.
         scale_parameter: multiply the step by ``max(eps2, RMS(X_{t-1}))``.
         weight_decay: decoupled weight decay ``X <- X - lr * weight_decay * X`` (not in the paper).
         stochastic_rounding: write bf16 parameters back with stochastic rounding (fp32 math either way).
