@@ -12,14 +12,21 @@ _HERE = Path(__file__).resolve().parent
 
 
 def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, else what `platform` knows."""
+    """The CPU model from /proc/cpuinfo (else what `platform` knows) and the vector unit torch's kernels use.
+
+    The second part matters more: a VM may name its CPU only "AMD EPYC", and the same model name can run torch's
+    AVX2 or AVX-512 kernels, whose float sums differ in their last bits."""
+    import torch
+
+    name = platform.processor() or platform.machine() or "unknown cpu"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+    return f"{name}, torch kernels {torch.backends.cpu.get_cpu_capability()}"
 
 
 def git_commit(short: bool = False, cwd: str | Path | None = None) -> str | None:
