@@ -60,7 +60,7 @@ def test_readme_agreement_and_run_count_match():
     runs = int(re.search(r"over (\d+) run directories", table).group(1))
     stated = re.search(r"(\d+) of the table's (\d+) runs", section)
     total = int(stated.group(2)) if stated else None
-    # the "Partial" bullet stays until every run of the sweep is committed, and counts them
+    # the README counts the tabulated runs ("N of the table's M runs") until the whole sweep is in
     assert stated or runs >= 132, f"table2.md counts {runs} runs but README.md has no 'N of the table's M runs'"
     if stated:
         assert int(stated.group(1)) == runs and runs < total, (

@@ -114,3 +114,27 @@ def test_a_split_nobody_scored_gets_no_column(tmp_path, repo_root):
     (row,) = build_rows(find_runs(runs_root))
     assert not any("valid" in c and "BLEU" in c for c in row)
     assert row["BLEU test (test_2016_flickr)"] == "29.00" and row["Δ vs afx_adam (test (test_2016_flickr))"] == "+0.00"
+
+
+def test_commit_stamp_counts_tabulated_runs_not_in_head(tmp_path, repo_root):
+    import importlib.util
+    import subprocess
+    from types import SimpleNamespace
+
+    spec = importlib.util.spec_from_file_location("make_report", repo_root / "scripts" / "make_report.py")
+    tab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tab)
+    runs_root = tmp_path / "results" / "runs"
+    for name in ("a-s1", "b-s1"):
+        (runs_root / name).mkdir(parents=True)
+        (runs_root / name / "summary.json").write_text("{}")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "results/runs/a-s1"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    runs = [SimpleNamespace(path=runs_root / n) for n in ("a-s1", "b-s1")]
+    assert tab.uncommitted(runs, runs_root) == " + 1 of these run directories not committed yet"
+    subprocess.run([*git, "add", "results/runs/b-s1"], check=True)
+    subprocess.run([*git, "commit", "-qm", "b"], check=True)
+    assert tab.uncommitted(runs, runs_root) == ""
+    assert tab.uncommitted(runs, tmp_path / "elsewhere") == ""  # not a checkout: no claim either way
