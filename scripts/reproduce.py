@@ -58,8 +58,19 @@ def finished(run_dir: Path) -> str | None:
     return None
 
 
-# What a published run keeps: enough to rebuild every table and plot, and to audit each cell (no checkpoints).
+# What a published run keeps: enough to rebuild every table and plot, and to audit each cell (no checkpoints),
+# and the detokenized hypotheses, gzipped (hyp*.txt -> hyp*.txt.gz), so that `make rescore` can recompute every
+# BLEU and chrF with sacreBLEU.
 PUBLISHED = ("config.yaml", "summary.json", "bleu.json", "metrics.jsonl")
+
+
+def gzip_file(src: Path, dest: Path) -> None:
+    """gzip with no name and mtime 0 in the header: the same hypotheses give the same bytes."""
+    import gzip
+
+    with open(src, "rb") as f, open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw,
+                                                                         mtime=0, compresslevel=9) as z:
+        z.write(f.read())
 
 
 def publish(run_dir: Path, dest: Path) -> None:
@@ -74,6 +85,8 @@ def publish(run_dir: Path, dest: Path) -> None:
         for name in PUBLISHED:
             if (run_dir / name).exists():
                 shutil.copy2(run_dir / name, tmp / name)
+        for hyp in sorted(run_dir.glob("hyp*.txt")):
+            gzip_file(hyp, tmp / (hyp.name + ".gz"))
         tmp.chmod(0o755)
         if dest.exists():
             shutil.rmtree(dest)

@@ -39,7 +39,8 @@ def test_every_experiment_file_is_pinned(repo_root):
 
     files = {p.stem for p in (repo_root / "experiments").glob("*.yaml")}
     table2 = {f"table2_{r}" for r in ROWS} | {"table2_base"}  # pinned in test_table2.py
-    assert files == set(EXPECTED) | table2, "add the new experiment to EXPECTED (and to configs/sweep/paper.yaml)"
+    table3 = {f"table3_{o}_{s}" for o in ("adam", "adafactor") for s in ("scaled", "unit", "small")} | {"table3_base"}
+    assert files == set(EXPECTED) | table2 | table3, "add the new experiment to EXPECTED (and to configs/sweep/paper.yaml)"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

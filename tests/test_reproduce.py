@@ -4,6 +4,7 @@ scripts (data -> sentencepiece -> train each -> BLEU -> tabulate), then a rerun 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import os
 import subprocess
@@ -37,8 +38,12 @@ def test_two_experiment_cpu_sweep_end_to_end(tmp_path, repo_root, toy_corpus):
         assert (d / "hyp.test.txt").read_text().count("\n") == 16
         # each finished run is published (its small files only) under results/<scale>/runs for committing
         pub = results / "runs" / name
-        assert sorted(p.name for p in pub.iterdir()) == ["bleu.json", "config.yaml", "metrics.jsonl", "summary.json"]
+        assert sorted(p.name for p in pub.iterdir()) == ["bleu.json", "config.yaml", "hyp.test.txt.gz",
+                                                         "metrics.jsonl", "summary.json"]
         assert (pub / "summary.json").read_bytes() == (d / "summary.json").read_bytes()
+        # the hypotheses, gzipped with no name or time in the header: the same text gives the same bytes
+        assert gzip.decompress((pub / "hyp.test.txt.gz").read_bytes()) == (d / "hyp.test.txt").read_bytes()
+        assert (pub / "hyp.test.txt.gz").read_bytes()[4:8] == b"\0\0\0\0"  # mtime 0
     # no momentum buffer: at this toy size (d 32 < min_dim_size_to_factor) nothing is factored, so Adafactor
     # keeps one full second moment where Adam keeps two buffers
     adam = json.loads((runs / "afx_adam-no_warmup-s1" / "summary.json").read_text())["optimizer_state_bytes"]

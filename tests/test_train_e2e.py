@@ -100,7 +100,10 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, make_cfg, monkeypa
     _interrupt_at(monkeypatch, 25)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(make_cfg("trainer.bleu_at_end=false", run="resumed"))
-    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["status"] == "running"
+    crashed = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    # the summary says that an error stopped the run, which one, and the update it reached
+    assert crashed["status"] == "failed" and "simulated crash" in crashed["error"], crashed
+    assert crashed["failed_at"] == crashed["updates"] == 25, crashed
     monkeypatch.undo()
     torch.manual_seed(123)  # the global RNG state of the new process must not matter: it is restored
     s = train(make_cfg("trainer.bleu_at_end=false", run="resumed"))

@@ -101,6 +101,8 @@ class LoggerConfig:
 def typed(node: Any, schema: type[T], group: str) -> T:
     """`node` (a DictConfig or dict of config group `group`) as an instance of the dataclass `schema`."""
     try:
+        if OmegaConf.is_config(node):  # resolved in place: a merge copies the node away from the keys it names
+            node = OmegaConf.to_container(node, resolve=True)
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)

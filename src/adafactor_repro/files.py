@@ -92,7 +92,8 @@ def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def run_status(run_dir: str | Path) -> str:
-    """missing | running (interrupted or in progress) | completed | diverged."""
+    """missing | running (interrupted or in progress) | completed | diverged | failed (an error stopped it;
+    its summary names the error and the update reached, and rerunning resumes from the last checkpoint)."""
     p = Path(run_dir) / SUMMARY
     if not p.exists():
         return "missing"

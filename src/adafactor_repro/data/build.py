@@ -38,9 +38,11 @@ from .sources import (
     resolve_sources,
     subset_mask_indices,
 )
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPM_MODEL, UNK_ID, sha256_of, train_spm
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, SPM_MODEL, SPM_THREADS, UNK_ID, sha256_of, train_spm
 
-FORMAT_VERSION = 1
+# 2: spm.model holds no build path and is trained on data.spm.num_threads threads (default SPM_THREADS), so its
+#    bytes, and its sha256 in meta.json, identify the vocabulary by content.
+FORMAT_VERSION = 2
 META = "meta.json"
 # Options that do not change the artifact and so stay out of the key.
 _NOT_KEYED = ("root", "num_workers", "local_dir", "embedded", "min_eval_pairs")
@@ -151,7 +153,8 @@ def _build(cfg: dict, sources: dict[str, SplitSource], out: Path, key: str) -> d
     model = train_spm(text, out / "spm", model_type=spm_cfg["model_type"], vocab_size=spm_cfg["vocab_size"],
                       input_sentence_size=spm_cfg["input_sentence_size"],
                       character_coverage=spm_cfg.get("character_coverage", 1.0),
-                      hard_vocab_limit=spm_cfg.get("hard_vocab_limit", True), seed=seed, num_threads=workers)
+                      hard_vocab_limit=spm_cfg.get("hard_vocab_limit", True), seed=seed,
+                      num_threads=int(spm_cfg.get("num_threads") or SPM_THREADS))
     text.unlink()
     (out / "spm.vocab").unlink(missing_ok=True)
     t_spm = time.perf_counter() - t0

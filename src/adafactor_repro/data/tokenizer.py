@@ -14,6 +14,10 @@ import sentencepiece as spm
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPM_MODEL = "spm.model"
+# sentencepiece's trainer splits its EM sums over this many threads, and the pieces depend on the split (measured
+# on Multi30k: 1 and 2 threads give 8k vocabularies with 1,996 pieces in different places). A fixed count, not the
+# machine's cores, so that the same corpus and config give the same vocabulary on any machine.
+SPM_THREADS = 8
 _CONTROL = frozenset((PAD_ID, BOS_ID, EOS_ID))
 
 
@@ -61,8 +65,12 @@ def sha256_of(path: str | Path) -> str:
 
 def train_spm(text_file: Path, model_prefix: Path, *, model_type: str, vocab_size: int,
               input_sentence_size: int, character_coverage: float = 1.0, hard_vocab_limit: bool = True,
-              seed: int = 1, num_threads: int = 1) -> Path:
-    """Train the joint model on a file of sentences of both sides (sampled to `input_sentence_size`)."""
+              seed: int = 1, num_threads: int = SPM_THREADS) -> Path:
+    """Train the joint model on a file of sentences of both sides (sampled to `input_sentence_size`).
+
+    The file written is a function of the text and the options only: sentencepiece stores the paths it was
+    given (`trainer_spec.input`, `model_prefix`) inside the model, and they are cleared (`normalize_spm_model`),
+    so two builds in different directories, or on different machines, are byte-identical."""
     if model_type not in ("unigram", "bpe"):
         raise ValueError(f"data.spm.model_type={model_type!r}: expected 'unigram' or 'bpe'")
     # The sample that spm draws (shuffle_input_sentence) depends on its global RNG: seed it for a
@@ -77,4 +85,17 @@ def train_spm(text_file: Path, model_prefix: Path, *, model_type: str, vocab_siz
         pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
         num_threads=max(1, int(num_threads)), minloglevel=2,
     )
-    return Path(str(model_prefix) + ".model")
+    path = Path(str(model_prefix) + ".model")
+    normalize_spm_model(path)
+    return path
+
+
+def normalize_spm_model(path: Path) -> None:
+    """Drop the build's file paths from a trained model (in place). Encoding reads neither field."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    del proto.trainer_spec.input[:]
+    proto.trainer_spec.model_prefix = ""
+    path.write_bytes(proto.SerializeToString(deterministic=True))

@@ -46,6 +46,10 @@ class TransformerConfig:
     pre_norm: bool = True           # LayerNorm before each sublayer + a final LayerNorm per stack
     share_all_embeddings: bool = True  # one matrix for source, target and output (shared vocabulary)
     scale_embedding: bool = True    # embeddings multiplied by sqrt(d_model) (Vaswani section 3.4)
+    # The paper's Table 3 (Section 8.1) varies these two: token-embedding init sigma x multiplier of
+    # (d^-0.5, sqrt(d)) [the default], (1, 1) and (d^-0.5, 1), on a model whose softmax has its own matrix.
+    embed_init_std: float | None = None  # sigma of the token embeddings' N(0, sigma) init; None = d_model^-0.5
+    share_decoder_input_output_embed: bool = True  # False: the softmax gets its own [V, d] matrix, N(0, d^-0.5)
     max_positions: int = 1024       # size of the sinusoid table: longest source or target sequence
     pad_id: int = PAD_ID
 
@@ -57,6 +61,9 @@ class TransformerConfig:
                              f"n_heads={self.n_heads}; pick n_heads dividing d_model")
         if self.d_model % 2:
             raise ValueError(f"TransformerConfig.d_model={self.d_model} must be even (sin/cos halves)")
+        if self.embed_init_std is not None and not self.embed_init_std > 0:
+            raise ValueError(f"TransformerConfig.embed_init_std={self.embed_init_std} must be > 0 (or None for "
+                             "d_model^-0.5)")
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             p = getattr(self, name)
             if not 0.0 <= p < 1.0:
@@ -239,9 +246,10 @@ class Transformer(nn.Module):
         d = cfg.d_model
         self.embed_tokens = nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_id)  # target (+source, output)
         self.embed_src = None if cfg.share_all_embeddings else nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_id)
+        std = d ** -0.5 if cfg.embed_init_std is None else float(cfg.embed_init_std)
         for emb in (self.embed_tokens, self.embed_src):
             if emb is not None:  # fairseq/t2t: N(0, d^-1/2), so that sqrt(d)-scaled embeddings have unit variance
-                nn.init.normal_(emb.weight, mean=0.0, std=d ** -0.5)
+                nn.init.normal_(emb.weight, mean=0.0, std=std)
                 with torch.no_grad():
                     emb.weight[cfg.pad_id].zero_()
         self.register_buffer("positions", sinusoids(cfg.max_positions, d), persistent=False)
@@ -251,6 +259,12 @@ class Transformer(nn.Module):
         # Pre-norm stacks end with a LayerNorm (t2t v2 layer_postprocess, fairseq normalize_before).
         self.encoder_ln = nn.LayerNorm(d) if cfg.pre_norm else nn.Identity()
         self.decoder_ln = nn.LayerNorm(d) if cfg.pre_norm else nn.Identity()
+        # Built last, so that the default (tied) model draws the same random numbers as before this option.
+        # t2t's SymbolModality initialises an untied softmax matrix as the embeddings' default, N(0, d^-0.5).
+        self.softmax = None
+        if not cfg.share_decoder_input_output_embed:
+            self.softmax = nn.Linear(d, cfg.vocab_size, bias=False)
+            nn.init.normal_(self.softmax.weight, mean=0.0, std=d ** -0.5)
 
     # ---- pieces -------------------------------------------------------------------------------------
     def _embed(self, tokens: Tensor, emb: nn.Embedding, start: int = 0) -> Tensor:
@@ -262,8 +276,9 @@ class Transformer(nn.Module):
         return F.dropout(x, self.cfg.dropout, self.training)
 
     def output_projection(self, h: Tensor) -> Tensor:
-        """Decoder states [..., d] -> logits [..., V] through the (tied) target embedding, Vaswani 3.4."""
-        return F.linear(h, self.embed_tokens.weight)
+        """Decoder states [..., d] -> logits [..., V] through the (tied) target embedding, Vaswani 3.4, or the
+        model's own softmax matrix (share_decoder_input_output_embed=False)."""
+        return F.linear(h, self.embed_tokens.weight if self.softmax is None else self.softmax.weight)
 
     def encode(self, src_tokens: Tensor) -> EncoderOut:
         _check_tokens("src_tokens", src_tokens)

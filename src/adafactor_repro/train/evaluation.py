@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ConfigError, EvalConfig, config_root, load_group, typed
-from ..data import load_raw, load_tokenizer
+from ..data import DataError, check_artifact, load_raw, load_tokenizer
 from ..evaluate import bleu, translate
 from ..files import atomic_write_json, atomic_write_text
 from ..model import Transformer, TransformerConfig
@@ -39,7 +39,14 @@ def load_model(checkpoint: str | Path, device: torch.device | str = "cpu", data_
             f"{checkpoint}: its data directory {data_dir} does not exist here; pass data_dir=<the prepared "
             "data directory holding spm.model> (or rebuild it with `make data` and the run's data config)"
         )
-    return model, load_tokenizer(data_dir), state
+    tok = load_tokenizer(data_dir)
+    sha = check_artifact(data_dir, tok)
+    want = ((state.get("config") or {}).get("data_artifact") or {}).get("spm_sha256")
+    if tok.vocab_size != model.cfg.vocab_size or (want and want != sha):
+        raise DataError(f"{data_dir}/spm.model ({tok.vocab_size} pieces, sha256 {sha[:12]}) is not the tokenizer "
+                        f"{checkpoint} was trained with ({model.cfg.vocab_size} pieces"
+                        + (f", sha256 {want[:12]}" if want else "") + "): pass data_dir=<the run's data directory>")
+    return model, tok, state
 
 
 def evaluate_bleu(

@@ -8,6 +8,7 @@ the run ends (completed, diverged, interrupted, or a crash).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,10 +24,12 @@ from ..config import ConfigError, EvalConfig, LoggerConfig, TrainerConfig, check
 from ..data import (
     TokenBatchSampler,
     TranslationDataset,
+    check_artifact,
     collate,
     load_meta,
     load_tokenizer,
     prepare,
+    unigram_nll,
     update_budget,
 )
 from ..data.loader import EpochBatches
@@ -164,8 +167,11 @@ class Trainer:
         # (not in a collective, which would time out while WMT14 builds) and then reuse the build.
         self.data_dir = data_dir = Path(prepare(cfg.data)).resolve()  # absolute: evaluate.py may run elsewhere
         self.tok = tok = load_tokenizer(data_dir)
+        spm_sha = check_artifact(data_dir, tok)  # before update 1: the tokenizer, its vocabulary and the ids agree
         self.train_set = TranslationDataset(data_dir, "train")
         self.valid_set = TranslationDataset(data_dir, "valid")
+        # the context-free baseline of the validation NLL, for the results' loss verdict (summary.json)
+        self.valid_unigram_nll = unigram_nll(self.train_set, self.valid_set, tok.vocab_size, tok.eos_id)
         self.max_tokens, self.update_freq = self._batch_plan()
         self.sampler = TokenBatchSampler(self.train_set.src_lengths, self.train_set.tgt_lengths, self.max_tokens,
                                          seed=t.seed, shuffle=True, num_replicas=dist.world_size, rank=dist.rank,
@@ -185,10 +191,10 @@ class Trainer:
         torch.manual_seed(t.seed + dist.rank)
 
         self.resolved = resolved_config(cfg)
-        # Which built data this run saw: the artifact's cache key and the sentencepiece model's sha256.
+        # Which built data this run saw, by content: the artifact's cache key (a hash of the options and the
+        # input files' sha256) and the sha256 of the tokenizer file loaded (equal to meta.json's: checked above).
         meta = load_meta(data_dir)
-        self.resolved["data_artifact"] = {"dir": str(data_dir), "key": meta.get("key"),
-                                          "spm_sha256": meta.get("spm", {}).get("sha256")}
+        self.resolved["data_artifact"] = {"dir": str(data_dir), "key": meta.get("key"), "spm_sha256": spm_sha}
 
         # -------------------------------------------------------------- resume
         resumed = find_resume_checkpoint(self.run_dir) if main else None
@@ -405,6 +411,7 @@ class Trainer:
             "valid_loss": valid["loss"] if valid else prev.get("valid_loss"),
             "valid_nll": valid["nll"] if valid else prev.get("valid_nll"),
             "valid_ppl": valid["ppl"] if valid else prev.get("valid_ppl"),
+            "valid_unigram_nll": getattr(self, "valid_unigram_nll", None),
             "num_parameters": self.raw_model.num_parameters(),
             "optimizer_state_bytes": optimizer_state_bytes(self.optimizer),
             "optimizer_state_breakdown": optimizer_state_breakdown(self.optimizer),
@@ -413,7 +420,7 @@ class Trainer:
             "scale": _hydra_choice(self.cfg, "scale") or self.cfg.get("scale_name"),
             # float sums differ in their last bits between vector units: `make verify` is bit for bit only on
             # the CPU (or GPU) and torch build that trained the run, so the run says which they were
-            "cpu": cpu_name(), "torch": torch.__version__,
+            "cpu": cpu_name(), "torch": torch.__version__, "git_commit": getattr(self, "commit", None),
             "cuda_device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
         }
         s.update(extra)
@@ -471,6 +478,14 @@ class Trainer:
                              **{f"bleu_{k}": v for k, v in extra["bleu"].items()}})
         return self.write_summary("completed", **extra)
 
+    def fail(self, error: BaseException) -> None:
+        """Record in summary.json that an error stopped the run, and at which update (the traceback goes to the
+        console). Without this the summary kept saying `running` at the update of its last write."""
+        if hasattr(self, "_t_wall"):
+            self.tick_wall_time()
+        self.write_summary("failed", failed_at=self.state.num_updates,
+                           error=f"{type(error).__name__}: {' '.join(str(error).split())}"[:500])
+
     def close(self) -> None:
         """Close the log files (wandb, progress bar), restore the signal handlers, free the run directory."""
         if self.stop is not None:
@@ -494,6 +509,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             return prev
         trainer.setup()
         return trainer.fit()
+    except Exception as e:
+        # Once setup has written the run's first summary (the logger exists from then on), an error leaves a
+        # summary that says so; before that, nothing of this run is on disk to describe.
+        if trainer is not None and trainer.main and trainer.logger is not None:
+            with contextlib.suppress(Exception):  # the original error is the one to report
+                trainer.fail(e)
+        raise
     finally:
         if trainer is not None:
             trainer.close()
