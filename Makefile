@@ -67,6 +67,9 @@ reproduce: $(STAMP) ## The paper's Table 2 at SCALE (SWEEP=table2: every cell, 3
 tabulate: $(STAMP) ## Rebuild results/<scale>/ tables and plots from the committed runs (results/<scale>/runs)
 	$(PY) scripts/make_report.py --scale $(SCALE) $(ARGS)
 
+rescore: $(STAMP) ## Recompute every committed BLEU and chrF from the gzipped hypotheses; check bleu.json and the tables
+	$(PY) scripts/rescore.py --scale $(SCALE) $(ARGS)
+
 verify: $(STAMP) ## Retrain a committed run's first updates and compare its losses bit for bit: make verify RUN=results/cpu/runs/table2_A-no_warmup-s1
 	$(PY) scripts/verify_run.py $(RUN) $(ARGS)
 
