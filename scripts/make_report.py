@@ -88,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         " (collapsed / trains), not numbers.",
         "- bleu_mean, bleu_sd over seeds (`seeds_bleu` lists them); opt_state_B_per_param: optimizer state bytes"
         " per model parameter (exact).",
+        "- step, paper: the paper's step at d_model 512; step, ours (`step_run`): the step these runs took, from"
+        " their resolved config (optim.lr x rsqrt(schedule.d_model) x s_t: the experiments write an absolute"
+        " step as k x sqrt(512), so a narrower model takes a larger multiple of s_t, e.g. 0.2 s_t at d_model"
+        " 128; the relative step rho_t has no width factor).",
         *common,
     ])
     wide = ("## Side by side (the paper's layout; **≠**: our collapse/train verdict differs from the paper's)\n\n"
