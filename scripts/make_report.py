@@ -23,6 +23,21 @@ from adafactor_repro.report.plots import plot_figure1, plot_optimizer_memory, pl
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def rel(p: str | Path) -> str:
+    """A path as the report prints it: relative to the repository when inside it (never this machine's
+    absolute checkout path, which would differ on every clone)."""
+    try:
+        return str(Path(p).resolve().relative_to(ROOT))
+    except (ValueError, OSError):
+        return str(p)
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that made the report, its path arguments repository-relative."""
+    args = [rel(a) if a.startswith("/") else a for a in argv]
+    return " ".join(shlex.quote(a) for a in ["python", "scripts/make_report.py", *args])
+
+
 def uncommitted(runs: list, runs_root: Path) -> str:
     """The commit stamp names HEAD; say so when some of the tabulated runs are not in it yet (a sweep tabulates
     before its runs are committed), so the stamp never vouches for files it does not hold."""
@@ -52,10 +67,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     devices = sorted({str(r.summary.get("device")) for r in runs if r.summary.get("device")})
-    where = runs_root.relative_to(ROOT) if runs_root.is_relative_to(ROOT) else runs_root
+    where = rel(runs_root)
     common = [
-        f"- command: `{' '.join(shlex.quote(a) for a in ['python', 'scripts/make_report.py', *(argv or sys.argv[1:])])}`"
-        f" over {len(runs)} run directories in `{where}`",
+        f"- command: `{command_line(list(argv or sys.argv[1:]))}` over {len(runs)} run directories in `{where}`",
         f"- commit: {git_commit(short=True) or 'unknown'}{uncommitted(runs, runs_root)};"
         f" tabulated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
         f"- machine: {machine_header()}" + (f"; runs on: {', '.join(devices)}" if devices else ""),
@@ -74,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         " (collapsed / trains), not numbers.",
         "- bleu_mean, bleu_sd over seeds (`seeds_bleu` lists them); opt_state_B_per_param: optimizer state bytes"
         " per model parameter (exact).",
+        "- step, paper: the paper's step at d_model 512; step, ours (`step_run`): the step these runs took, from"
+        " their resolved config (optim.lr x rsqrt(schedule.d_model) x s_t: the experiments write an absolute"
+        " step as k x sqrt(512), so a narrower model takes a larger multiple of s_t, e.g. 0.2 s_t at d_model"
+        " 128; the relative step rho_t has no width factor).",
         *common,
     ])
     wide = ("## Side by side (the paper's layout; **≠**: our collapse/train verdict differs from the paper's)\n\n"
@@ -99,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"skipped {name}: the runs log nothing to plot for it", file=sys.stderr)
     for p in made:
-        print(p)
+        print(rel(p))
     return 0
 
 

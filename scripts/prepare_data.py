@@ -10,6 +10,7 @@ Prints the artifact directory and the split counts of its meta.json. Hydra write
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,6 +18,11 @@ os.environ.setdefault("ADAFACTOR_REPRO_ROOT", str(ROOT))
 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
+
+if __name__ == "__main__":  # a bad override or value: one line, before Hydra starts
+    from adafactor_repro.train.preflight import preflight
+
+    preflight(sys.argv[1:], ROOT / "configs", prog="prepare_data.py")
 
 # Data preparation is not a run: keep Hydra from creating runs/<scale>/<name>/.hydra and a log file there.
 for override in ("hydra.output_subdir=null", "hydra.run.dir=.", "hydra/job_logging=none", "hydra/hydra_logging=none"):
@@ -29,14 +35,20 @@ def main(cfg: DictConfig) -> None:
     from adafactor_repro.data import load_meta, prepare
     from adafactor_repro.train.errors import exit_on_user_error
 
+    started = time.time()
     with exit_on_user_error("prepare_data.py"):
         out = prepare(cfg.data, verbose=True)
     meta = load_meta(out)
+    # meta.json is written last, once per build: older than this command means the cache was reused
+    reused = (Path(out) / "meta.json").stat().st_mtime < started
     print(f"data: {out}")
     print(f"spm: {meta['spm']['model_type']} {meta['spm']['vocab_size_actual']} pieces, sha256 {meta['spm']['sha256']}")
     for split, s in meta["splits"].items():
         print(f"  {split:5s} read {s['read']:>9,d}  kept {s['kept']:>9,d}  dropped {json.dumps(s['dropped'])}")
-    print(f"built in {meta['build']['seconds']} s with {meta['build']['num_workers']} workers")
+    if reused:
+        print(f"reused the cached build (nothing rebuilt; it was built in {meta['build']['seconds']} s)")
+    else:
+        print(f"built in {meta['build']['seconds']} s with {meta['build']['num_workers']} workers")
 
 
 if __name__ == "__main__":

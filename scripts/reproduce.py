@@ -13,21 +13,36 @@ seed 1 of every cell runs before any seed 2. A finished run's small files are pu
 results/<scale>/runs/<cell>/ (committed); a rerun skips cells finished there or in runs/<scale>/ and resumes
 interrupted ones from their checkpoint_last.pt. Extra Hydra overrides after `--` go to every training run
 (e.g. `-- trainer.max_update=200`).
+
+Watching and stopping (the bookkeeping is adafactor_repro.sweep):
+- a plan line first (cells to run, skipped, running elsewhere, the time estimated from the committed runs'
+  wall times divided by --jobs), then one line per finished cell with the elapsed and remaining time;
+- `kill -USR1 <pid of reproduce.py>` prints each running cell's latest update and loss; from another shell,
+  `python scripts/reproduce.py --status` prints the same for every cell any sweep holds under the runs dir;
+- Ctrl-C (or SIGTERM) stops the running cells cleanly - each saves checkpoint_last.pt and its summary - and
+  exits 130 with one line; a second Ctrl-C kills them. The children die with the sweep (`kill -9` included).
+- Two sweeps over the same runs dir split the cells: a cell another sweep holds (`<run_dir>/.sweep.lock`) is
+  reported "running elsewhere" and left to it.
+- A subset sweep (--experiments/--schedules/--seeds, or a sweep other than table2) publishes its runs but
+  leaves the committed tables and plots of results/<scale>/ alone (`make tabulate` rebuilds them from every
+  committed run); --tabulate yes forces the rebuild.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import queue
+import shlex
+import signal
 import subprocess
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
 import yaml
 
+from adafactor_repro import sweep
 from adafactor_repro.files import run_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,8 +133,28 @@ def say(line: str) -> None:
         sys.stdout.flush()
 
 
+def rel(p: Path | str) -> str:
+    """A path as printed: relative to the repository when inside it."""
+    p = Path(p)
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+def show(cmd: list[str], env_extra: dict | None = None) -> str:
+    return "+ " + " ".join([f"{k}={v}" for k, v in (env_extra or {}).items()]
+                           + [shlex.quote(a.replace(str(ROOT) + "/", "")) for a in cmd])
+
+
+def start(cmd: list[str], log: Path | None, env_extra: dict | None = None) -> subprocess.Popen:
+    """One command of a cell, started in the background (its own process group, dies with this process)."""
+    env = {**os.environ, "ADAFACTOR_REPRO_ROOT": str(ROOT), **(env_extra or {})}
+    return sweep.start_child(cmd, cwd=ROOT, env=env, log=log)
+
+
 def sh(cmd: list[str], dry: bool, log: Path | None = None, env_extra: dict | None = None) -> int:
-    say("+ " + " ".join(([f"{k}={v}" for k, v in (env_extra or {}).items()]) + cmd))
+    say(show(cmd, env_extra))
     if dry:
         return 0
     env = {**os.environ, "ADAFACTOR_REPRO_ROOT": str(ROOT), **(env_extra or {})}
@@ -128,6 +163,24 @@ def sh(cmd: list[str], dry: bool, log: Path | None = None, env_extra: dict | Non
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         return subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def print_status(runs_dir: Path, logs: Path, running: list[sweep.Cell] | None = None, started: dict | None = None) -> None:
+    """The latest update and loss of each running cell: this sweep's (`running`) or, without it, of every cell
+    any sweep holds under runs_dir."""
+    if running is not None:
+        say(f"status: {len(running)} cell(s) running")
+        for c in running:
+            say(sweep.cell_status_line(c.run_dir, c.log, (started or {}).get(c.name)))
+        return
+    claimed = sweep.claimed_cells(runs_dir)
+    say(f"{len(claimed)} cell(s) held by a sweep under {rel(runs_dir)}"
+        + ("" if claimed else " (no sweep is running there)"))
+    for run_dir, who, training in claimed:
+        if training:
+            say(sweep.cell_status_line(run_dir, logs / f"{run_dir.name}.log") + f" [{who}]")
+        else:
+            say(f"  {run_dir.name}: queued [{who}]")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,14 +206,32 @@ def main(argv: list[str] | None = None) -> int:
                     help="runs at once (local launcher); default: one per visible GPU (each run gets its own "
                          "CUDA_VISIBLE_DEVICES), 1 without GPUs. The cpu scale trains on one thread per run, so "
                          "on an N-core machine --jobs N uses every core without threads competing for them")
+    ap.add_argument("--tabulate", default="auto", choices=["auto", "yes", "no"],
+                    help="rebuild the tables and plots at the end (auto: yes, except for a subset sweep into the "
+                         "committed results/<scale>/, whose tables cover every cell)")
+    ap.add_argument("--status", action="store_true",
+                    help="print the cells sweeps hold under the runs dir (latest update, loss) and exit")
+    ap.add_argument("--skip-prepare", action="store_true",
+                    help="do not build the data first (each training run builds or reuses it anyway)")
+    ap.add_argument("--train-cmd", help="the command standing in for `python scripts/train.py` (tests)")
+    ap.add_argument("--verbose", action="store_true", help="one line per skipped cell, however many")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
+
+    py = sys.executable
+    runs_dir = (args.runs_dir or ROOT / "runs" / args.scale).resolve()
+    results_dir = (args.results_dir or ROOT / "results" / args.scale).resolve()
+    logs = runs_dir / "logs"
+    if args.status:
+        print_status(runs_dir, logs)
+        return 0
 
     # GPU scales: one cell per GPU. Job slot k owns GPU k (more jobs than GPUs share them round-robin).
     gpus = visible_gpus() if args.scale != "cpu" else []
     if args.jobs is None:
         args.jobs = max(1, len(gpus))
     exps, scheds, seeds = sweep_cells(args.sweep)
+    subset = bool(args.experiments or args.schedules or args.seeds) or args.sweep != "table2"
     if args.experiments:
         wanted = args.experiments.split(",")
         unknown = sorted(set(wanted) - {p.stem for p in (ROOT / "experiments").glob("*.yaml")})
@@ -171,19 +242,18 @@ def main(argv: list[str] | None = None) -> int:
         scheds = args.schedules.split(",")
     if args.seeds:
         seeds = [int(x) for x in args.seeds.split(",")]
-    py = sys.executable
-    runs_dir = (args.runs_dir or ROOT / "runs" / args.scale).resolve()
-    results_dir = (args.results_dir or ROOT / "results" / args.scale).resolve()
     published = results_dir / "runs"
     common = [f"scale={args.scale}", *([f"data.local_dir={Path(args.data_dir).resolve()}"] if args.data_dir else [])]
+    train_cmd = shlex.split(args.train_cmd) if args.train_cmd else [py, "scripts/train.py"]
 
     # 1. data + sentencepiece (cached by a hash of the inputs; the training runs reuse it)
-    if sh([py, "scripts/prepare_data.py", *common, *extra], args.dry_run) != 0:
+    if not args.skip_prepare and sh([py, "scripts/prepare_data.py", *common, *extra], args.dry_run) != 0:
         print("data preparation failed; see the message above", file=sys.stderr)
         return 1
 
     # 2. training (+ BLEU at the end of each run)
     failed: list[str] = []
+    n_done = 0
     if args.launcher == "slurm":
         # one GPU per cell, as the local launcher: a job-array task per cell on one card
         rc = sh([py, "scripts/train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.gpus_per_node=1",
@@ -195,74 +265,200 @@ def main(argv: list[str] | None = None) -> int:
         if rc != 0:
             failed.append("slurm sweep")
     else:
-        # Seed-major order: every cell gets its first seed before any gets its second, so a sweep cut short
-        # (a session's end) leaves the whole table covered, with fewer seeds.
-        cells = [(e, s, seed) for seed in seeds for s in scheds for e in exps]
-        todo = []
-        for k, (exp, sched, seed) in enumerate(cells, 1):
-            name = cell_name(exp, sched, seed)
-            run_dir = runs_dir / name
-            tag = f"[{k}/{len(cells)}] {name}"
-            done = finished(published / name)
-            if done:
-                say(f"{tag}: {done}, published, skipped")
-            elif done := finished(run_dir):
-                publish(run_dir, published / name)
-                say(f"{tag}: {done}, skipped")
-            else:
-                todo.append((tag, exp, sched, seed, run_dir, run_status(run_dir)))
-
-        slots: queue.Queue[int] = queue.Queue()
-        for k in range(max(1, args.jobs)):
-            slots.put(k)
-
-        def run_cell(*cell) -> str | None:
-            slot = slots.get()
-            try:
-                gpu = {"CUDA_VISIBLE_DEVICES": gpus[slot % len(gpus)]} if gpus else {}
-                return _run_cell(*cell, gpu)
-            finally:
-                slots.put(slot)
-
-        def _run_cell(tag: str, exp: str, sched: str, seed: int, run_dir: Path, status: str,
-                      gpu: dict) -> str | None:
-            # With several jobs at once each cell's output goes to its own log beside the run directories.
-            log = runs_dir / "logs" / f"{run_dir.name}.log" if args.jobs > 1 else None
-            if status != "completed":
-                say(f"{tag}: {'resuming' if status == 'running' else 'training'}"
-                    + (f" on GPU {gpu['CUDA_VISIBLE_DEVICES']}" if gpu else "")
-                    + (f" (log: {log})" if log else ""))
-                rc = sh([py, "scripts/train.py", *common, f"experiments={exp}", f"schedule={sched}",
-                         f"trainer.seed={seed}", f"run_dir={run_dir}", *extra], args.dry_run, log, gpu)
-                if rc != 0:
-                    return f"{run_dir.name} (exit {rc})"
-            if not args.dry_run and run_status(run_dir) == "completed" and not (run_dir / "bleu.json").exists():
-                if sh([py, "scripts/evaluate.py", f"run_dir={run_dir}"], args.dry_run, log, gpu) != 0:
-                    return f"{run_dir.name} (evaluation)"
-            if not args.dry_run and finished(run_dir):
-                publish(run_dir, published / run_dir.name)
-            say(f"{tag}: {run_status(run_dir) if not args.dry_run else 'done'}")
-            return None
-
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            failed += [f for f in pool.map(lambda c: run_cell(*c), todo) if f]
-        # A cell is done when it completed (with its BLEU) or diverged; one stopped by a signal exits
-        # with its summary still "running" and must not pass for done.
-        if not args.dry_run:
-            listed = {f.split(" ")[0] for f in failed}
-            for *_, run_dir, _ in todo:
-                status = run_status(run_dir)
-                if run_dir.name not in listed and status not in ("completed", "diverged"):
-                    failed.append(f"{run_dir.name} (status {status})")
+        rc, failed, n_done = run_local(args, exps, scheds, seeds, runs_dir, published, logs, gpus, common, extra,
+                                       train_cmd)
+        if rc is not None:
+            return rc
 
     # 3. tables and plots, from the published copies (what is committed is what the table shows)
-    sh([py, "scripts/make_report.py", "--scale", args.scale,
-        "--runs", str(published if args.launcher == "local" else runs_dir), "--out", str(results_dir)], args.dry_run)
+    committed = results_dir == (ROOT / "results" / args.scale).resolve()
+    if args.tabulate == "yes" or (args.tabulate == "auto" and not (subset and committed)):
+        sh([py, "scripts/make_report.py", "--scale", args.scale,
+            "--runs", rel(published if args.launcher == "local" else runs_dir), "--out", rel(results_dir)],
+           args.dry_run)
+    elif args.tabulate == "no":
+        say(f"tables and plots not rebuilt (--tabulate no); {n_done} cell(s) run, published under {rel(published)}/")
+    else:
+        say(f"subset sweep: {n_done} cell(s) run, published under {rel(published)}/; the tables and plots of "
+            f"{rel(results_dir)}/ cover every committed run and are left as they are (`make tabulate "
+            f"SCALE={args.scale}` rebuilds them, or rerun with --tabulate yes)")
     if failed:
         print(f"{len(failed)} run(s) neither completed nor diverged (rerun `make reproduce` to resume them): "
               + ", ".join(failed), file=sys.stderr)
         return 1
     return 0
+
+
+def run_local(args, exps, scheds, seeds, runs_dir: Path, published: Path, logs: Path, gpus: list[str],
+              common: list[str], extra: list[str], train_cmd: list[str]) -> tuple[int | None, list[str], int]:
+    """The local launcher: (exit status to return at once or None, failed cells, cells run)."""
+    py = sys.executable
+    # Seed-major order: every cell gets its first seed before any gets its second, so a sweep cut short
+    # (a session's end) leaves the whole table covered, with fewer seeds.
+    grid = [(e, s, seed) for seed in seeds for s in scheds for e in exps]
+    todo: list[sweep.Cell] = []
+    skipped: list[str] = []
+    elsewhere: list[str] = []
+    for k, (exp, sched, seed) in enumerate(grid, 1):
+        c = sweep.Cell(k, len(grid), exp, sched, seed, runs_dir / cell_name(exp, sched, seed))
+        done = finished(published / c.name)
+        if done:
+            skipped.append(f"{c.tag}: {done}, published, skipped")
+            continue
+        if not args.dry_run:
+            # The cell is this sweep's from here until it ends: a concurrent sweep leaves it alone.
+            c.lock, who = sweep.try_lock_cell(c.run_dir)
+            if c.lock is None:
+                say(f"{c.tag}: running elsewhere ({who}), skipped")
+                elsewhere.append(c.name)
+                continue
+        if done := finished(c.run_dir):
+            publish(c.run_dir, published / c.name)
+            skipped.append(f"{c.tag}: {done}, skipped")
+            if c.lock:
+                c.lock.release()
+            continue
+        todo.append(c)
+    if len(skipped) <= 12 or args.verbose:
+        for line in skipped:
+            say(line)
+    elif skipped:
+        say(f"skipped {len(skipped)} finished cells ({skipped[0].split(': ')[0]} ... {skipped[-1].split(': ')[0]}; "
+            "--verbose lists them)")
+
+    # the sweep's own published runs time it; a fresh results dir goes by the committed ones
+    est = sweep.Estimates.from_runs(published)
+    if not est.n_runs:
+        est = sweep.Estimates.from_runs(ROOT / "results" / args.scale / "runs")
+    progress = sweep.Progress(args.jobs, {
+        c.name: (None if (s := est.seconds(c.exp, c.sched)) is None else s * sweep.left_fraction(c.run_dir))
+        for c in todo})
+    say(progress.plan_line(len(skipped), len(elsewhere), est.n_runs))
+
+    def train_args(c: sweep.Cell) -> list[str]:
+        return [*train_cmd, *common, f"experiments={c.exp}", f"schedule={c.sched}", f"trainer.seed={c.seed}",
+                f"run_dir={c.run_dir}", *extra]
+
+    if args.dry_run:
+        for c in todo:
+            say(f"{c.tag}: training")
+            say(show(train_args(c)))
+        return None, [], 0
+
+    stop = {"n": 0, "status": False}
+
+    def on_stop(signum, frame):
+        stop["n"] += 1
+
+    def on_usr1(signum, frame):
+        stop["status"] = True
+
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig, h in ((signal.SIGINT, on_stop), (signal.SIGTERM, on_stop), (signal.SIGUSR1, on_usr1)):
+            handlers[sig] = signal.signal(sig, h)
+
+    pending, running = list(todo), []
+    free = list(range(max(1, args.jobs)))
+    failed: list[str] = []
+    interrupted: list[str] = []
+    n_run = 0
+
+    def launch(c: sweep.Cell, stage: str, cmd: list[str]) -> None:
+        c.stage, c.proc = stage, start(cmd, c.log, c.gpu)
+        running.append(c)
+
+    def finish(c: sweep.Cell, problem: str | None) -> None:
+        nonlocal n_run
+        if finished(c.run_dir):
+            publish(c.run_dir, published / c.name)
+        if c.lock:
+            c.lock.release()
+        free.append(c.slot)
+        progress.finish(c.name)
+        n_run += 1
+        status = run_status(c.run_dir)
+        s = sweep.read_summary(c.run_dir) or {}
+        bleu = ", ".join(f"BLEU {k} {v:.2f}" for k, v in (s.get("bleu") or {}).items() if isinstance(v, (int, float)))
+        if problem is None and status in ("completed", "diverged"):
+            what = status + (f" ({bleu})" if bleu else "")
+        elif stop["n"]:
+            interrupted.append(c.name)
+            return say(f"{c.tag}: stopped at update {s.get('updates', 0)} (summary {status}; rerun to resume)")
+        else:
+            what = f"{problem or 'status ' + status}" + (f"; log: {rel(c.log)}" if c.log else "")
+            failed.append(f"{c.name} ({problem or 'status ' + status})")
+        say(progress.finished_line(c.name, c.tag, what))
+
+    def advance(c: sweep.Cell, rc: int | None) -> None:
+        """Start the cell's next command, or finish it."""
+        if rc is not None and rc != 0:
+            return finish(c, f"exit {rc}" if c.stage == "train" else "evaluation")
+        status = run_status(c.run_dir)
+        if stop["n"]:
+            return finish(c, "stopped")
+        if c.stage == "" and status != "completed":
+            say(f"{c.tag}: {'resuming' if status == 'running' else 'training'}"
+                + (f" on GPU {c.gpu['CUDA_VISIBLE_DEVICES']}" if c.gpu else "")
+                + (f" (log: {rel(c.log)})" if c.log else ""))
+            return launch(c, "train", train_args(c))
+        if c.stage != "evaluate" and status == "completed" and not (c.run_dir / "bleu.json").exists():
+            return launch(c, "evaluate", [py, "scripts/evaluate.py", f"run_dir={c.run_dir}"])
+        finish(c, None)
+
+    announced = killed = False
+    try:
+        while pending or running:
+            if stop["n"] and not announced:
+                announced = True
+                say(f"stopping: {len(running)} running cell(s) save checkpoint_last.pt and their summary, "
+                    f"{len(pending)} not started; Ctrl-C again kills them")
+                for c in running:
+                    sweep.signal_child(c.proc, signal.SIGTERM)
+                for c in pending:
+                    if c.lock:
+                        c.lock.release()
+                pending.clear()
+            if stop["n"] >= 2 and not killed:
+                killed = True
+                for c in running:
+                    sweep.signal_child(c.proc, signal.SIGKILL)
+            while pending and free and not stop["n"]:
+                c = pending.pop(0)
+                c.slot = free.pop(0)
+                c.gpu = {"CUDA_VISIBLE_DEVICES": gpus[c.slot % len(gpus)]} if gpus else {}
+                # With several jobs at once each cell's output goes to its own log beside the run directories.
+                c.log = logs / f"{c.name}.log" if args.jobs > 1 else None
+                progress.start(c.name)
+                advance(c, None)
+            for c in list(running):
+                rc = c.proc.poll()
+                if rc is not None:
+                    running.remove(c)
+                    advance(c, rc)
+            if stop["status"]:
+                stop["status"] = False
+                print_status(runs_dir, logs, running, progress.started)
+            time.sleep(0.1)
+    finally:
+        for c in running:  # only reached on an error of this loop: do not leave children behind
+            sweep.signal_child(c.proc, signal.SIGTERM)
+        for sig, h in handlers.items():
+            signal.signal(sig, h)
+    if stop["n"]:
+        say(f"stopped: {len(interrupted)} cell(s) interrupted with a checkpoint ({', '.join(interrupted) or '-'}), "
+            f"{len(todo) - n_run} not started; rerun the same command to resume")
+        return 130, failed, n_run
+    if elsewhere:
+        say(f"{len(elsewhere)} cell(s) left to the sweep running them ({', '.join(elsewhere)})")
+    # A cell is done when it completed (with its BLEU) or diverged; one stopped by a signal exits
+    # with its summary still "running" and must not pass for done.
+    listed = {f.split(" ")[0] for f in failed}
+    for c in todo:
+        status = run_status(c.run_dir)
+        if c.name not in listed and status not in ("completed", "diverged"):
+            failed.append(f"{c.name} (status {status})")
+    return None, failed, n_run
 
 
 if __name__ == "__main__":

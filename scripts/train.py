@@ -3,7 +3,8 @@
 Rerunning the same command resumes from the run directory's checkpoint_last.pt; a completed run is not
 retrained. Multi-GPU: `torchrun --nproc_per_node=N scripts/train.py ...`. SLURM: `hydra/launcher=slurm -m`.
 Exit status: 0 finished (completed, or diverged: a result too), 4 interrupted (SIGTERM/SIGUSR1/Ctrl-C:
-checkpoint saved, rerun to resume), 1 an error (one line naming the input and the fix).
+checkpoint saved, rerun to resume), 1 an error (one line naming the input and the fix). A bad override or
+value is found before Hydra creates the run directory (adafactor_repro.train.preflight), so it leaves none.
 """
 
 import os
@@ -40,4 +41,7 @@ def hydra_multirun() -> bool:
 
 
 if __name__ == "__main__":
+    from adafactor_repro.train.preflight import preflight
+
+    preflight(sys.argv[1:], Path(__file__).resolve().parents[1] / "configs")
     main()

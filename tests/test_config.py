@@ -60,3 +60,40 @@ def load_group_default(group: str) -> dict:
     from adafactor_repro.config import config_root
 
     return load_group(config_root() / group / "default.yaml")
+
+
+# ---------------------------------------------------------------- config errors: one line, no stub run directory
+@pytest.mark.parametrize("overrides, says", [
+    (["optim=adafactor", "optim.beta2=1.5"], "optim: Adafactor: beta2 must be"),  # a value the optimizer refuses
+    (["optim.beta2=1.5"], "Could not override 'optim.beta2'"),                  # Hydra: no such key in adam
+    (["trainer.max_tokens=0"], "trainer.max_tokens=0: must be >= 1"),
+    (["scale=nope"], "Could not find 'scale/nope'"),
+])
+def test_a_config_error_is_one_line_and_leaves_no_run_directory(tmp_path, repo_root, overrides, says):
+    import os
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "runs" / "x"
+    p = subprocess.run([sys.executable, str(repo_root / "scripts" / "train.py"), *overrides, f"run_dir={run_dir}"],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                       env={**os.environ, "WANDB_MODE": "disabled"})
+    assert p.returncode == 1, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: ") and says in lines[0], p.stderr
+    assert "Traceback" not in p.stdout + p.stderr
+    assert not (tmp_path / "runs").exists(), "a config error left a stub run directory"
+
+
+def test_validate_config_names_the_group(repo_root):
+    from adafactor_repro.config import ConfigError
+    from adafactor_repro.train.preflight import compose_train_config, validate_config
+
+    cfg, choices = compose_train_config(["experiments=table2_A"], repo_root / "configs")
+    validate_config(cfg, choices)  # the committed experiments pass
+    for bad, says in ((["schedule.time_scale=-1"], "schedule: inverse_sqrt: time_scale"),
+                      (["model.d_model=33"], "model: TransformerConfig: d_model=33"),
+                      (["optim.clip_threshold=0"], "optim: Adafactor: clip_threshold")):
+        cfg, choices = compose_train_config(["experiments=table2_A", *bad], repo_root / "configs")
+        with pytest.raises(ConfigError, match=says):
+            validate_config(cfg, choices)

@@ -422,6 +422,9 @@ def test_prepare_data_entry_point(tmp_path, repo_root):
     assert res.returncode == 0, res.stderr
     assert "train read       304  kept       300" in res.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "data"]  # no Hydra run directory
+    assert "built in " in res.stdout.splitlines()[-1]
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.splitlines()[-1].startswith("reused the cached build"), again.stdout
     bad = subprocess.run(cmd[:3] + [f"data.local_dir={tmp_path / 'nowhere'}"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "nowhere is not a directory" in bad.stderr

@@ -85,16 +85,23 @@ def test_a_cell_left_running_fails_the_sweep_and_is_listed(tmp_path, repo_root, 
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
 
-    def fake_sh(cmd, dry, log=None, env_extra=None):
-        if cmd[1] != "scripts/train.py":
-            return 0
+    class Done:  # a child that has exited with `code`
+        def __init__(self, code):
+            self.code = code
+
+        def poll(self):
+            return self.code
+
+    def fake_start(cmd, log, env_extra=None):
+        assert cmd[1] == "scripts/train.py", cmd
         run_dir = Path(next(a.split("=", 1)[1] for a in cmd if a.startswith("run_dir=")))
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
         stopped = "experiments=afx_adam" in cmd
         (run_dir / "summary.json").write_text(json.dumps({"status": "running" if stopped else "diverged"}))
-        return rc if stopped else 0
+        return Done(rc if stopped else 0)
 
-    monkeypatch.setattr(mod, "sh", fake_sh)
+    monkeypatch.setattr(mod, "sh", lambda cmd, dry, log=None, env_extra=None: 0)
+    monkeypatch.setattr(mod, "start", fake_start)
     code = mod.main(["--experiments", "afx_adam,afx_adafactor", "--schedules", "no_warmup", "--seeds", "1",
                      "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")])
     err = capsys.readouterr().err

@@ -21,8 +21,26 @@ def reproduce(repo_root):
     return mod
 
 
+class FakeProc:
+    """A child process whose work runs in a thread; poll() is its exit status once done."""
+
+    def __init__(self, work):
+        self.rc = None
+        threading.Thread(target=self._run, args=(work,), daemon=True).start()
+
+    def _run(self, work):
+        self.rc = work()
+
+    def poll(self):
+        return self.rc
+
+
 class FakeCluster:
-    """Stands in for subprocess.call: a training run holds its GPU for a moment and completes."""
+    """Stands in for the sweep's children: a training run holds its GPU for a moment and completes.
+    `fake.start` replaces reproduce.start (the cells), `fake` itself subprocess.call (data, tables)."""
+
+    def start(self, cmd, log, env_extra=None):
+        return FakeProc(lambda: self(cmd, env=env_extra or {}))
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -34,7 +52,7 @@ class FakeCluster:
     def __call__(self, cmd, cwd=None, env=None, stdout=None, stderr=None):
         if "scripts/train.py" not in cmd:
             return 0  # prepare_data, evaluate, tabulate
-        gpu = env.get("CUDA_VISIBLE_DEVICES")
+        gpu = (env or {}).get("CUDA_VISIBLE_DEVICES")
         run_dir = next(a.split("=", 1)[1] for a in cmd if a.startswith("run_dir="))
         key = gpu if gpu is not None else run_dir  # no GPU: nothing to share
         with self.lock:
@@ -65,6 +83,7 @@ def test_one_cell_per_gpu_by_default(reproduce, monkeypatch, tmp_path):
     _fake_gpus(monkeypatch, 4)
     fake = FakeCluster()
     monkeypatch.setattr(reproduce.subprocess, "call", fake)
+    monkeypatch.setattr(reproduce, "start", fake.start)
     rc = reproduce.main(["--scale", "gpu", "--sweep", "table2_core", "--seeds", "1", "--runs-dir",
                          str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")])
     assert rc == 0
@@ -78,6 +97,7 @@ def test_visible_devices_subset_and_more_jobs_than_gpus(reproduce, monkeypatch, 
     assert reproduce.visible_gpus() == ["GPU-aaaa", "GPU-bbbb"]
     fake = FakeCluster()
     monkeypatch.setattr(reproduce.subprocess, "call", fake)
+    monkeypatch.setattr(reproduce, "start", fake.start)
     rc = reproduce.main(["--scale", "gpu", "--experiments", "afx_adam,afx_adafactor", "--seeds", "1", "--runs-dir",
                          str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")])
     assert rc == 0 and fake.max_concurrent == 2 and not fake.clash
@@ -88,6 +108,7 @@ def test_no_gpu_and_cpu_scale_leave_devices_alone(reproduce, monkeypatch, tmp_pa
     _fake_gpus(monkeypatch, 0)
     fake = FakeCluster()
     monkeypatch.setattr(reproduce.subprocess, "call", fake)
+    monkeypatch.setattr(reproduce, "start", fake.start)
     assert reproduce.main(["--scale", "gpu", "--experiments", "afx_adam", "--seeds", "1", "--runs-dir",
                            str(tmp_path / "a"), "--results-dir", str(tmp_path / "r")]) == 0
     assert sorted(fake.trained) == [(str((tmp_path / "a" / "afx_adam-no_warmup-s1").resolve()), None),
@@ -95,6 +116,7 @@ def test_no_gpu_and_cpu_scale_leave_devices_alone(reproduce, monkeypatch, tmp_pa
     _fake_gpus(monkeypatch, 8)
     fake = FakeCluster()
     monkeypatch.setattr(reproduce.subprocess, "call", fake)
+    monkeypatch.setattr(reproduce, "start", fake.start)
     assert reproduce.main(["--scale", "cpu", "--experiments", "afx_adam", "--seeds", "1", "--jobs", "2", "--runs-dir",
                            str(tmp_path / "b"), "--results-dir", str(tmp_path / "r2")]) == 0
     assert {g for _, g in fake.trained} == {None}  # the cpu scale is not pinned to cards

@@ -264,3 +264,64 @@ def test_verify_run_retrains_a_committed_run_bit_for_bit(tmp_path, make_cfg, toy
     assert mod.main([str(run), "--updates", "10", "--", *same]) == 1
     assert mod.main([str(run), "--updates", "10", "--rtol", "1e-6", "--", *same]) == 0  # 1e-6 in ~8: 1.3e-7
     assert json.loads((run / "summary.json").read_text())["cpu"]  # the machine that trained it, for the message
+
+
+def test_the_step_column_shows_the_step_each_scale_ran(tmp_path, repo_root):
+    root = tmp_path / "runs"
+    for row in ("A", "O", "Q10"):
+        _run(root, repo_root, row, "warmup", 1, bleu=10.0)
+    runs = {r.config["paper_row"]: r for r in find_runs(root)}
+    assert runs["A"].config["model"]["d_model"] == 128  # the cpu scale: 0.1 sqrt(512) rsqrt(128) = 0.2
+    assert [T.step_run(runs[r].config) for r in ("A", "O", "Q10")] == ["0.2 s_t", "rho_t = s_t", "20 s_t"]
+    gpu = {"optim": {"_target_": "adafactor_repro.optim.Adafactor", "lr": 0.1 * math.sqrt(512),
+                     "scale_parameter": False}, "schedule": {"d_model": 512}}
+    assert T.step_run(gpu) == "0.1 s_t"  # the paper's width: the paper's step
+    rows = T.summarize(list(runs.values()))["rows"]
+    (a,) = [ln for ln in T.to_wide_markdown(rows).splitlines() if ln.startswith("| A ")]
+    assert "| 0.1 s_t | 0.2 s_t |" in a
+    assert [r["step_run"] for r in rows] == ["0.2 s_t", "rho_t = s_t", "20 s_t"]
+
+
+def test_valid_loss_axis_is_not_scaled_by_a_diverged_run(tmp_path, repo_root, monkeypatch):
+    from adafactor_repro.report import plots
+
+    root = tmp_path / "runs"
+    _run(root, repo_root, "A", "warmup", 1, bleu=10.0)         # losses 4.5 and 4.0
+    _run(root, repo_root, "B", "no_warmup", 1, bleu=10.0)
+    bad = _run(root, repo_root, "Q300", "warmup", 1, status="diverged")
+    (bad / "metrics.jsonl").write_text(json.dumps({"split": "valid", "update": 50, "loss": 1.2e15}) + "\n")
+    s = json.loads((bad / "summary.json").read_text())
+    (bad / "summary.json").write_text(json.dumps({**s, "diverged_at": 51}))
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    assert plots.plot_valid_loss(find_runs(root), tmp_path / "v.png") is not None
+    (fig,) = figs
+    lo, hi = fig.axes[0].get_ylim()
+    assert 3.9 < lo < 4.0 and 4.5 < hi < 4.6, (lo, hi)  # the span of the runs that did not diverge
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert "Q300 (s1) diverged at update 51 (last loss 1.2e+15, off scale)" in labels
+    marker = next(ln for ax in fig.axes for ln in ax.lines if ln.get_label().startswith("Q300"))
+    assert marker.get_marker() == "x" and marker.get_ydata()[-1] <= hi
+    # distinct colours within every panel
+    for ax in fig.axes:
+        colors = [ln.get_color() for ln in ax.lines if not ln.get_label().startswith("_")]
+        assert len(colors) == len(set(colors))
+
+
+def test_figure1_uses_the_papers_colours_and_labels_its_log_axis(tmp_path, repo_root, monkeypatch):
+    from adafactor_repro.report import plots
+
+    root = tmp_path / "runs"
+    for row in ("A", "G"):
+        _run(root, repo_root, row, "warmup", 2, bleu=10.0, rms=0.06)  # RMS 0.6 .. 1.8
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig) or path)
+    plots.plot_figure1(find_runs(root), tmp_path / "f.png")
+    (fig,) = figs
+    ax = fig.axes[0]
+    color = {ln.get_label().split(":")[0]: ln.get_color() for ln in ax.lines if ln.get_label().startswith("row")}
+    assert color == {"row A": "tab:blue", "row G": "tab:red"}  # the paper: slow decay blue, fast decay red
+    ticks = [float(t.get_text()) for t in ax.get_yticklabels() if t.get_text()]
+    assert min(ticks) <= 0.7 and max(ticks) >= 1.5  # labels across 0.6 .. 1.8, not only around 1
+    assert "seed 2" in fig._suptitle.get_text()
+    assert plots.log_ticks(0.35, 1.9) == [0.4, 0.5, 0.7, 1, 1.5]

@@ -28,12 +28,16 @@ def model_state(run_dir: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_smoke_run_learns_and_writes_the_run_directory(tmp_path, make_cfg):
+def test_smoke_run_learns_and_writes_the_run_directory(tmp_path, make_cfg, capsys):
     torch.manual_seed(0)
     # a peak FLOP/s given explicitly gives an MFU on CPU too (on a GPU it is looked up from the card name)
     cfg = make_cfg("trainer.max_update=40", "trainer.peak_flops=1e12", "trainer.bleu_interval=20",
                    "eval.max_sentences=4")
     s = train(cfg)
+    out = capsys.readouterr().out.splitlines()  # off a terminal: one line per record, update of total, ETA
+    assert any(ln.startswith("[train]") and "update=40/40" in ln and "eta=0s" in ln for ln in out), out
+    assert any(ln.startswith("[decode] test: ") and "sacreBLEU" in ln for ln in out), out
+    assert out[-1].startswith(f"{tmp_path / 'run'}: run completed; 40 updates; wall "), out[-1]
     run = tmp_path / "run"
     assert s["status"] == "completed" and s["updates"] == 40 and s["schedule"] == "warmup"
     for f in ("config.yaml", "metrics.jsonl", "summary.json", "bleu.json", "checkpoint_last.pt",

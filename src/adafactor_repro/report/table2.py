@@ -58,6 +58,28 @@ def run_bleu(run: Run, split: str) -> float | None:
     return None
 
 
+def step_run(config: dict[str, Any]) -> str:
+    """The step a run actually took, in the paper's notation, from its resolved config: lr(t) = optim.lr x
+    rsqrt(schedule.d_model) x s_t, so an absolute step written as 0.1 x sqrt(512) is 0.1 s_t at d_model 512
+    and 0.2 s_t at the cpu scale's 128; a relative step (Adafactor's scale_parameter, no width factor) is
+    rho_t = optim.lr x s_t."""
+    optim, sched = config.get("optim") or {}, config.get("schedule") or {}
+    lr = optim.get("lr")
+    if not isinstance(lr, (int, float)):
+        return "-"
+    d = sched.get("d_model")
+    if isinstance(d, str) and d.startswith("${") and d.endswith("}"):  # an unresolved config: follow it
+        node: Any = config
+        for key in d[2:-1].split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        d = node
+    k = lr / math.sqrt(d) if isinstance(d, (int, float)) and d else lr
+    relative = str(optim.get("_target_", "")).endswith("Adafactor") and optim.get("scale_parameter", True)
+    if relative and not d:
+        return "rho_t = s_t" if math.isclose(k, 1.0) else f"rho_t = {k:.3g} s_t"
+    return f"{k:.3g} s_t"
+
+
 def run_seed(run: Run) -> int | None:
     seed = (run.config.get("trainer") or {}).get("seed")
     return int(seed) if seed is not None else None
@@ -131,6 +153,7 @@ def cell_rows(cells: list[Cell], split: str, fraction: float = COLLAPSE_FRACTION
             "row": c.row, "schedule": c.schedule,
             "factored": p["factored"], "beta1": p["beta1"], "beta2": p["beta2"], "clip_d": p["clip_d"] or "-",
             "step": p["step"],
+            "step_run": " / ".join(dict.fromkeys(step_run(r.config) for r in c.runs)),
             "paper_bleu": p["bleu"], "paper_verdict": "collapsed" if paper_collapsed else "trains",
             "bleu_mean": _f(c.mean), "bleu_sd": _f(c.sd), "n_seeds": str(n),
             "n_collapsed": "-" if n_coll is None else str(n_coll),
@@ -164,7 +187,7 @@ def sensitivity(cells: list[Cell], split: str) -> dict[float, dict[str, tuple[in
 
 
 # The markdown table shows these columns (the CSV has them all).
-MD_COLUMNS = ["row", "schedule", "factored", "beta1", "beta2", "clip_d", "step", "paper_bleu", "paper_verdict",
+MD_COLUMNS = ["row", "schedule", "factored", "beta1", "beta2", "clip_d", "step", "step_run", "paper_bleu", "paper_verdict",
               "bleu_mean", "bleu_sd", "n_seeds", "verdict", "agrees", "seeds_bleu", "opt_state_B_per_param"]
 
 
@@ -205,8 +228,8 @@ def to_wide_markdown(rows: list[dict[str, str]]) -> str:
         mark = "" if r["agrees"] in ("yes", "-") else " **≠**"
         return f"{r['bleu_mean']}{sd} (n={r['n_seeds']}) {r['verdict']}{mark}"
 
-    head = ["row", "factored", "β1", "β2", "d", "step", "paper, warmup", "ours, warmup", "paper, no warmup",
-            "ours, no warmup"]
+    head = ["row", "factored", "β1", "β2", "d", "step, paper", "step, ours", "paper, warmup", "ours, warmup",
+            "paper, no warmup", "ours, no warmup"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     paper = paper_table()
     for row in ROWS:
@@ -214,8 +237,9 @@ def to_wide_markdown(rows: list[dict[str, str]]) -> str:
         if w is None and nw is None:
             continue
         p = paper[(row, "warmup")]
+        steps = " / ".join(dict.fromkeys(r["step_run"] for r in (w, nw) if r is not None))
         lines.append("| " + " | ".join([
-            row, p["factored"], p["beta1"] or "-", p["beta2"] or "-", p["clip_d"] or "-", p["step"],
+            row, p["factored"], p["beta1"] or "-", p["beta2"] or "-", p["clip_d"] or "-", p["step"], steps,
             p["bleu"], ours(w), paper[(row, "no_warmup")]["bleu"], ours(nw)]) + " |")
     return "\n".join(lines) + "\n"
 

@@ -60,13 +60,17 @@ def evaluate_bleu(
     tag: str = "",
     extra: dict[str, Any] | None = None,
     sharded: bool = False,
+    say=print,
 ) -> dict[str, dict[str, Any]]:
     """{split: bleu.score(...) + decoding settings and speed}; with out_dir, writes hyp<tag>.<split>.txt and
     merges the results into out_dir/bleu.json (keyed by split, plus tag when given). `extra` (e.g. which
     checkpoint and update) is stored in every split's entry.
 
     `sharded` (every rank of a process group calls it): rank r decodes sentences r, r+R, ...; rank 0
-    gathers the hypotheses and scores them, the other ranks return {}."""
+    gathers the hypotheses and scores them, the other ranks return {}.
+
+    Rank 0 reports through `say` (None: silent): a line when a split's decode starts, one every
+    DecodeProgress.EVERY_S seconds with the count and an ETA, and one with the BLEU at the end."""
     rank, world = (D.rank_and_world() if sharded else (0, 1))
     was_training = model.training
     model.eval()
@@ -76,10 +80,12 @@ def evaluate_bleu(
         if max_sentences:
             sources, references = sources[:max_sentences], references[:max_sentences]
         t0 = time.perf_counter()
+        progress = DecodeProgress(split, len(sources[rank::world]), say if rank == 0 else None,
+                                  shard=f" (rank 0's shard of {len(sources)})" if world > 1 else "")
         with torch.no_grad():
             hyps = translate(model, tokenizer, sources[rank::world], beam=eval_cfg.beam, lenpen=eval_cfg.lenpen,
                              batch_tokens=eval_cfg.batch_tokens, max_len_a=eval_cfg.max_len_a,
-                             max_len_b=eval_cfg.max_len_b)
+                             max_len_b=eval_cfg.max_len_b, progress=progress)
         if world > 1:
             shards = D.gather_object(hyps)
             if shards is None:  # not rank 0: nothing to score
@@ -97,6 +103,8 @@ def evaluate_bleu(
             atomic_write_text(hyp_file, "".join(h + "\n" for h in hyps))
             r["hypotheses"] = hyp_file.name
         results[split + tag] = r
+        if say is not None:
+            say(f"[decode] {split}: {len(sources)} sentences in {seconds:.1f} s, sacreBLEU {r['bleu']:.2f}")
     model.train(was_training)
     if out_dir is not None:
         path = Path(out_dir) / BLEU_FILE
@@ -104,6 +112,29 @@ def evaluate_bleu(
         merged.update(results)
         atomic_write_json(path, merged)
     return results
+
+
+class DecodeProgress:
+    """translate()'s progress callback: a start line, then a line at most every EVERY_S seconds."""
+
+    EVERY_S = 10.0
+
+    def __init__(self, split: str, total: int, say=print, shard: str = ""):
+        self.split, self.total, self.say, self.shard = split, total, say, shard
+        self.t0 = self.last = time.perf_counter()
+        if say is not None:
+            say(f"[decode] {split}: {total} sentences{shard} ...")
+
+    def __call__(self, done: int) -> None:
+        now = time.perf_counter()
+        if self.say is None or now - self.last < self.EVERY_S or done >= self.total:
+            return
+        self.last = now
+        from .metrics import fmt_duration
+
+        left = (now - self.t0) / max(done, 1) * (self.total - done)
+        self.say(f"[decode] {self.split}: {done}/{self.total} sentences{self.shard}, {fmt_duration(now - self.t0)}"
+                 f" elapsed, about {fmt_duration(left)} left")
 
 
 @dataclass

@@ -41,8 +41,9 @@ from . import distributed as D
 from . import step as S
 from .checkpoint import find_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluation import evaluate_bleu
-from .metrics import MetricsLogger
+from .metrics import MetricsLogger, summary_line
 from .perf import peak_flops, peak_memory_bytes
+from .preflight import validate_config
 from .resume import RESUME_MAY_CHANGE, config_changes, resolved_config
 from .signals import StopFlag
 
@@ -131,6 +132,7 @@ class Trainer:
         self.t = t = typed(cfg.trainer, TrainerConfig, "trainer")
         self.eval_cfg = typed(cfg.eval, EvalConfig, "eval")
         self.logger_cfg = typed(cfg.logger, LoggerConfig, "logger")
+        validate_config(cfg, {"experiments": _hydra_choice(cfg, "experiments")})  # before the lock's mkdir
         self.logger: MetricsLogger | None = None
         self.stop: StopFlag | None = None
         self.dist = D.init_distributed(t.device, t.dist_timeout_min)
@@ -472,7 +474,8 @@ class Trainer:
         if self.main and self.t.bleu_at_end:
             bleu = evaluate_bleu(self.raw_model, self.tok, self.data_dir, self.eval_cfg.splits, self.eval_cfg,
                                  self.run_dir, max_sentences=None,
-                                 extra={"checkpoint": "checkpoint_last.pt", "update": st.num_updates})
+                                 extra={"checkpoint": "checkpoint_last.pt", "update": st.num_updates},
+                                 say=self.logger.message)
             extra["bleu"] = {k: v.get("bleu") for k, v in bleu.items()}
             self.logger.log({"split": "test", "update": st.num_updates,
                              **{f"bleu_{k}": v for k, v in extra["bleu"].items()}})
@@ -508,7 +511,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                       f"(delete the directory, or raise trainer.max_update to continue a completed run)", flush=True)
             return prev
         trainer.setup()
-        return trainer.fit()
+        summary = trainer.fit()
+        if trainer.main:  # one line however the run ended: status, updates, wall time, optimizer state, BLEU
+            trainer.logger.message(summary_line(summary, trainer.run_dir))
+        return summary
     except Exception as e:
         # Once setup has written the run's first summary (the logger exists from then on), an error leaves a
         # summary that says so; before that, nothing of this run is on disk to describe.
