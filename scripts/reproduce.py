@@ -65,6 +65,24 @@ def cell_name(exp: str, sched: str, seed: int) -> str:
     return f"{exp}-{sched}-s{seed}"
 
 
+def not_the_cell(run_dir: Path, scale: str, exp: str, sched: str, seed: int, extra: list[str]) -> list[str]:
+    """Why a finished run directory is not the cell (scale, exp, sched, seed) of this sweep (with the sweep's
+    own `--` overrides): every result-changing key of its config.yaml that differs from the cell's canonical
+    config (adafactor_repro.report.cells). Empty when it is the cell."""
+    from adafactor_repro.report import load_run
+    from adafactor_repro.report.cells import mismatch
+
+    if not (run_dir / "config.yaml").is_file():
+        return ["no config.yaml to say what it ran"]
+    return mismatch(load_run(run_dir), ROOT, (scale, exp, sched, seed), overrides=tuple(extra))
+
+
+def refusal(where: str, problems: list[str]) -> str:
+    shown = "; ".join(problems)  # every key: the fix is to know them all
+    return (f"refused: {where} is not this cell ({shown}); move it away (or delete it) and rerun to train the "
+            "cell itself")
+
+
 def finished(run_dir: Path) -> str | None:
     """"completed" or "diverged" when the cell needs no more work (a completed run also needs its BLEU)."""
     status = run_status(run_dir)
@@ -299,10 +317,21 @@ def run_local(args, exps, scheds, seeds, runs_dir: Path, published: Path, logs: 
     todo: list[sweep.Cell] = []
     skipped: list[str] = []
     elsewhere: list[str] = []
+    failed: list[str] = []
+
+    def check(run_dir: Path, c: sweep.Cell) -> list[str]:
+        # a stand-in trainer (--train-cmd, the tests) writes no real config to compare
+        return [] if args.train_cmd else not_the_cell(run_dir, args.scale, c.exp, c.sched, c.seed, extra)
+
     for k, (exp, sched, seed) in enumerate(grid, 1):
         c = sweep.Cell(k, len(grid), exp, sched, seed, runs_dir / cell_name(exp, sched, seed))
         done = finished(published / c.name)
         if done:
+            bad = check(published / c.name, c)
+            if bad:
+                say(f"{c.tag}: {refusal(rel(published / c.name), bad)}")
+                failed.append(f"{c.name} (published run is another config)")
+                continue
             skipped.append(f"{c.tag}: {done}, published, skipped")
             continue
         if not args.dry_run:
@@ -313,10 +342,15 @@ def run_local(args, exps, scheds, seeds, runs_dir: Path, published: Path, logs: 
                 elsewhere.append(c.name)
                 continue
         if done := finished(c.run_dir):
-            publish(c.run_dir, published / c.name)
-            skipped.append(f"{c.tag}: {done}, skipped")
             if c.lock:
                 c.lock.release()
+            bad = check(c.run_dir, c)
+            if bad:
+                say(f"{c.tag}: {refusal(rel(c.run_dir), bad)}")
+                failed.append(f"{c.name} (run directory holds another config)")
+                continue
+            publish(c.run_dir, published / c.name)
+            skipped.append(f"{c.tag}: {done}, skipped")
             continue
         todo.append(c)
     if len(skipped) <= 12 or args.verbose:
@@ -343,7 +377,7 @@ def run_local(args, exps, scheds, seeds, runs_dir: Path, published: Path, logs: 
         for c in todo:
             say(f"{c.tag}: training")
             say(show(train_args(c)))
-        return None, [], 0
+        return None, failed, 0
 
     stop = {"n": 0, "status": False}
 
@@ -360,7 +394,6 @@ def run_local(args, exps, scheds, seeds, runs_dir: Path, published: Path, logs: 
 
     pending, running = list(todo), []
     free = list(range(max(1, args.jobs)))
-    failed: list[str] = []
     interrupted: list[str] = []
     n_run = 0
 
@@ -371,7 +404,11 @@ def run_local(args, exps, scheds, seeds, runs_dir: Path, published: Path, logs: 
     def finish(c: sweep.Cell, problem: str | None) -> None:
         nonlocal n_run
         if finished(c.run_dir):
-            publish(c.run_dir, published / c.name)
+            bad = check(c.run_dir, c)
+            if bad:  # a run of this sweep's own command is its cell; anything else is a bug to see
+                problem = refusal(rel(c.run_dir), bad)
+            else:
+                publish(c.run_dir, published / c.name)
         if c.lock:
             c.lock.release()
         free.append(c.slot)

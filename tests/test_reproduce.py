@@ -73,6 +73,15 @@ def test_two_experiment_cpu_sweep_end_to_end(tmp_path, repo_root, toy_corpus):
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert fresh.stdout.count("completed, published, skipped") == 2 and "scripts/train.py" not in fresh.stdout
 
+    # the same cells without the sweep's toy overrides: the published toy runs are not those cells, and are
+    # refused by name and key instead of being skipped as finished (or published as the real thing)
+    real = [a for a in cmd if a not in SWEEP]
+    real.insert(real.index("--"), "--dry-run")
+    other = subprocess.run(real, capture_output=True, text=True, env=env, timeout=600)
+    assert other.returncode == 1, other.stdout[-3000:]
+    assert other.stdout.count("refused: ") == 2 and "published, skipped" not in other.stdout
+    assert "trainer.max_update: 6 != 1000" in other.stdout and "model.d_model: 32 != 128" in other.stdout
+
 
 @pytest.mark.parametrize("rc", [0, 4, -9])
 def test_a_cell_left_running_fails_the_sweep_and_is_listed(tmp_path, repo_root, monkeypatch, capsys, rc):
@@ -102,6 +111,7 @@ def test_a_cell_left_running_fails_the_sweep_and_is_listed(tmp_path, repo_root, 
 
     monkeypatch.setattr(mod, "sh", lambda cmd, dry, log=None, env_extra=None: 0)
     monkeypatch.setattr(mod, "start", fake_start)
+    monkeypatch.setattr(mod, "not_the_cell", lambda *a: [])  # the fake writes no config (identity: tested above)
     code = mod.main(["--experiments", "afx_adam,afx_adafactor", "--schedules", "no_warmup", "--seeds", "1",
                      "--runs-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results")])
     err = capsys.readouterr().err

@@ -153,20 +153,31 @@ def test_a_cell_held_by_another_sweep_is_running_elsewhere(tmp_path, reproduce, 
         other.release()
 
 
-def test_a_subset_sweep_leaves_the_committed_tables_alone(reproduce, monkeypatch, capsys):
+def test_a_subset_sweep_leaves_the_committed_tables_alone(reproduce, monkeypatch, capsys, tmp_path):
+    # a checkout of its own (results/cpu/runs holding every cell of the subset, finished), so the test neither
+    # depends on nor writes to this repository's committed results
+    monkeypatch.setattr(reproduce, "ROOT", tmp_path)
+    for exp in ("table2_A", "table2_B", "table2_H", "table2_L", "table2_O"):
+        for sched in ("warmup", "no_warmup"):
+            d = tmp_path / "results" / "cpu" / "runs" / f"{exp}-{sched}-s1"
+            d.mkdir(parents=True)
+            (d / "summary.json").write_text(json.dumps({"status": "completed"}))
+            (d / "bleu.json").write_text("{}")
     calls = []
     monkeypatch.setattr(reproduce, "sh", lambda cmd, dry, log=None, env_extra=None: calls.append(cmd) or 0)
+    fake = ["--train-cmd", " ".join(FAKE)]  # nothing may train; a stand-in writes no config to compare
     # every cell of this subset is committed already: nothing trains, nothing is written
-    assert reproduce.main(["--sweep", "table2_core", "--seeds", "1", "--skip-prepare"]) == 0
+    assert reproduce.main(["--sweep", "table2_core", "--seeds", "1", "--skip-prepare", *fake]) == 0
     out = capsys.readouterr().out
     assert not any("make_report.py" in " ".join(c) for c in calls)
     assert "subset sweep: 0 cell(s) run, published under results/cpu/runs/; the tables and plots of results/cpu/ " in out
-    assert str(ROOT) not in out  # repository-relative paths
+    assert str(tmp_path) not in out  # repository-relative paths
     calls.clear()
     assert reproduce.main(["--sweep", "table2_core", "--seeds", "1", "--skip-prepare", "--tabulate", "yes",
-                           "--dry-run"]) == 0
+                           "--dry-run", *fake]) == 0
     report = next(c for c in calls if "scripts/make_report.py" in c)
     assert report[-4:] == ["--runs", "results/cpu/runs", "--out", "results/cpu"]
+    assert not (tmp_path / "runs").exists()  # nothing trained
 
 
 def test_make_report_command_line_is_repository_relative():

@@ -47,7 +47,8 @@ def _result_key(key: str) -> bool:
 
 
 @functools.lru_cache(maxsize=512)
-def _canonical(root: str, scale: str, experiment: str, schedule: str, seed: int) -> tuple[tuple[str, Any], ...]:
+def _canonical(root: str, scale: str, experiment: str, schedule: str, seed: int,
+               overrides: tuple[str, ...] = ()) -> tuple[tuple[str, Any], ...]:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -57,7 +58,8 @@ def _canonical(root: str, scale: str, experiment: str, schedule: str, seed: int)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(Path(root) / "configs"), version_base="1.3"):
         cfg = compose("train", return_hydra_config=True, overrides=[
-            f"scale={scale}", f"experiments={experiment}", f"schedule={schedule}", f"trainer.seed={seed}"])
+            f"scale={scale}", f"experiments={experiment}", f"schedule={schedule}", f"trainer.seed={seed}",
+            *overrides])
     HydraConfig.instance().set_config(cfg)  # ${hydra:runtime.choices.*} resolve as in a run
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
              for k in cfg if k != "hydra"}
@@ -65,9 +67,11 @@ def _canonical(root: str, scale: str, experiment: str, schedule: str, seed: int)
     return tuple(sorted(_flatten(plain).items()))
 
 
-def canonical_config(scale: str, experiment: str, schedule: str, seed: int, root: str | Path) -> dict[str, Any]:
-    """The flattened resolved config of the cell, as `scripts/train.py` composes it with no other override."""
-    return dict(_canonical(str(root), scale, experiment, schedule, int(seed)))
+def canonical_config(scale: str, experiment: str, schedule: str, seed: int, root: str | Path,
+                     overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The flattened resolved config of the cell, as `scripts/train.py` composes it with no other override
+    (or with a sweep's own `overrides`, which then define its cells)."""
+    return dict(_canonical(str(root), scale, experiment, schedule, int(seed), tuple(overrides)))
 
 
 def identify(run: Run) -> tuple[str, str, str, int]:
@@ -77,7 +81,8 @@ def identify(run: Run) -> tuple[str, str, str, int]:
     return str(scale), str(c.get("name")), str(s.get("schedule")), int((c.get("trainer") or {}).get("seed", 0))
 
 
-def mismatch(run: Run, root: str | Path, cell: tuple[str, str, str, int] | None = None) -> list[str]:
+def mismatch(run: Run, root: str | Path, cell: tuple[str, str, str, int] | None = None,
+             overrides: tuple[str, ...] = ()) -> list[str]:
     """Why `run` is not the cell it is named after (or `cell`): 'key: run value != cell value' for every
     result-changing key that differs, plus a directory name that is not the cell's. Empty when it is the cell."""
     scale, exp, sched, seed = cell or identify(run)
@@ -89,7 +94,7 @@ def mismatch(run: Run, root: str | Path, cell: tuple[str, str, str, int] | None 
         for f in (Path(root) / "experiments" / f"{exp}.yaml", Path(root) / "configs" / "scale" / f"{scale}.yaml"):
             if not f.is_file():
                 raise FileNotFoundError(f"no {f.relative_to(root)}")
-        want = canonical_config(scale, exp, sched, seed, root)
+        want = canonical_config(scale, exp, sched, seed, root, overrides)
     except Exception as e:  # an experiment, scale or schedule that no longer exists (or never did)
         return [*problems, f"no such cell here (scale={scale} experiments={exp} schedule={sched}): "
                            f"{' '.join(str(e).split())[:200]}"]
