@@ -236,3 +236,13 @@ def test_c_kernel_refuses_what_it_would_misread():
     p.grad = torch.ones(200, 150)
     with pytest.raises(ValueError, match="exp_avg_sq_row must be a contiguous float32 CPU tensor of 200"):
         opt.step()
+
+
+@pytest.mark.slow
+def test_memory_bench_counts_the_sharded_state_and_one_all_reduce():
+    """scripts/bench_fsdp_memory.py's measurement (meta device, fake process group) on Transformer base, 2 ranks."""
+    from adafactor_repro.bench.fsdp_memory import _measure
+
+    r = _measure("transformer_base", 2)
+    assert r["all_reduces"] == 1 and r["local_params"] * 2 >= r["params"]
+    assert r["adafactor"] * 100 < r["adam"] == 8 * r["local_params"] + 4 * r["tensors"]

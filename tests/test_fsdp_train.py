@@ -1,5 +1,6 @@
 """trainer.parallel=fsdp: the training loop under torchrun with FSDP2 (2 gloo ranks) trains as the DDP path does
-on the same batches, writes the DDP path's single-file checkpoint (full state dicts on rank 0), and resumes."""
+on the same batches, writes the DDP path's single-file checkpoint (full state dicts on rank 0), and resumes on
+2 ranks and in 1 process."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _torchrun(tmp_path, toy_corpus, run: Path, *overrides: str) -> None:
+def _torchrun(tmp_path, toy_corpus, run: Path, *overrides: str, ranks: int = 2) -> None:
     from conftest import TINY
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(ROOT / "scripts" / "train.py"), f"data.local_dir={toy_corpus}", f"data.root={tmp_path / 'data'}",
+    launch = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"] if ranks > 1 else []
+    cmd = [sys.executable, *launch, str(ROOT / "scripts" / "train.py"), f"data.local_dir={toy_corpus}", f"data.root={tmp_path / 'data'}",
            *TINY, "trainer.log_interval=2", "trainer.val_interval=4", "trainer.save_interval=4",
            "trainer.bleu_at_end=false", "model.dropout=0.0", "optim=adafactor", "optim.min_dim_size_to_factor=16",
            f"run_dir={run}", *overrides]  # fmt: skip
@@ -52,3 +53,7 @@ def test_fsdp_loop_matches_ddp_checkpoints_and_resumes(tmp_path, toy_corpus):
     _torchrun(tmp_path, toy_corpus, fsdp, "trainer.max_update=6", "trainer.parallel=fsdp")  # resume
     assert [r[0] for r in _losses(fsdp) if r[1] == "train"] == [2, 4, 6]
     assert json.loads((fsdp / "summary.json").read_text())["status"] == "completed"
+    # and one process resumes the 2-rank FSDP checkpoint (the batch of an update kept by update_freq 2)
+    _torchrun(tmp_path, toy_corpus, fsdp, "trainer.max_update=8", "trainer.parallel=fsdp", "trainer.update_freq=2",
+              ranks=1)
+    assert [r[0] for r in _losses(fsdp) if r[1] == "train"] == [2, 4, 6, 8]

@@ -69,10 +69,20 @@ def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, m
 
     set_model_state_dict(model, model_sd, options=_options())
     if optimizer is not None:
-        if optim_sd is None or not all(isinstance(k, str) for k in optim_sd.get("state", {})):
-            raise ValueError("this checkpoint's optimizer state is not keyed by parameter name: it was not "
-                             "written by an FSDP run; resume it with trainer.parallel=ddp")
-        set_optimizer_state_dict(model, optimizer, optim_sd, options=_options())
+        set_optimizer_state_dict(model, optimizer, optim_state_keyed(model, optim_sd, by_name=True), options=_options())
+
+
+def optim_state_keyed(model: nn.Module, sd: dict, by_name: bool) -> dict:
+    """An optimizer state dict keyed by parameter name (torch's full format, what FSDP runs save) or by index
+    (``Optimizer.state_dict()``, what 1-process and DDP runs save), converted if needed. The optimizer holds
+    ``model.parameters()`` in order, which is ``named_parameters()``'s (FSDP2 keeps the names)."""
+    names = [n for n, _ in model.named_parameters()]
+    keys = list(sd.get("state", {})) + [k for g in sd["param_groups"] for k in g["params"]]
+    if all(isinstance(k, str) for k in keys) == by_name:
+        return sd
+    to = (lambda i: names[i]) if by_name else {n: i for i, n in enumerate(names)}.__getitem__  # noqa: E731
+    return {"state": {to(k): v for k, v in sd["state"].items()},
+            "param_groups": [{**g, "params": [to(k) for k in g["params"]]} for g in sd["param_groups"]]}
 
 
 def full_model_state(model: nn.Module) -> dict:

@@ -272,7 +272,7 @@ class Trainer:
             F.load_full_state(self.raw_model, self.optimizer, ckpt["model"], ckpt["optimizer"])
         else:
             self.raw_model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.optimizer.load_state_dict(F.optim_state_keyed(self.raw_model, ckpt["optimizer"], by_name=False))
         self.scheduler.load_state_dict(ckpt["scheduler"])
         # with a global batch, another world size splits it into other per-rank budgets (same batch size)
         self.sampler.load_state_dict(ckpt["sampler"], rebatch=bool(self.t.tokens_per_update))
