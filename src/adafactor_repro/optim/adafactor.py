@@ -145,6 +145,7 @@ class Adafactor(Optimizer):
         self._last: list = []  # per-tensor statistics of the last step, reduced by stats()
         self._rms_index: dict | None = None  # parameter -> (chunk of _last, index), built by rms_u()
         self._plans: dict[tuple, _triton.Plan] = {}
+        self._c_checked: dict = {}  # parameter -> the state tensors _kernel.check last passed for the C kernel
         # Stochastic-rounding seed of the Triton path: from torch's seed, without drawing from its generator.
         self._seed = torch.initial_seed() % (1 << 24)
         self._check_fused_available()
@@ -300,29 +301,30 @@ class Adafactor(Optimizer):
         # beta2t from them in double, as _beta2t does. array.array keeps this Python-side bookkeeping at about
         # a microsecond per tensor.
         meta = array.array("q")
-        check = _kernel.check
+        check, checked = _kernel.check, self._c_checked
         for p, st in zip(params, states):
             # Every pointer handed to C is checked first (type, device, dtype, layout, size): never a segfault.
+            # The parameter and gradient every step; the state tensors when they are new objects (a load).
             numel = p.numel()
             check(p, numel, "a parameter")
             check(p.grad, numel, "a gradient")
-            mom = st["exp_avg"].data_ptr() if "exp_avg" in st else 0
-            if mom:
-                check(st["exp_avg"], numel, "the momentum exp_avg")
-            check(st["step"], 1, "the step count")
             r, c = st.get("exp_avg_sq_row"), st.get("exp_avg_sq_col")
+            seen = (numel, st["step"], st.get("exp_avg"), r, c, st.get("exp_avg_sq"))
+            old = checked.get(p)
+            if old is None or old[0] != numel or any(a is not b for a, b in zip(old[1:], seen[1:])):
+                for key, t in st.items():
+                    if torch.is_tensor(t):
+                        check(t, 1 if key == "step" else numel // p.shape[-1] if key == "exp_avg_sq_row"
+                              else numel // p.shape[-2] if key == "exp_avg_sq_col" else numel, f"the state {key}")
+                checked[p] = seen
+            mom = st["exp_avg"].data_ptr() if "exp_avg" in st else 0
             if r is not None or c is not None:
                 shape = p.shape
-                if r is not None:
-                    check(r, numel // shape[-1], "the row statistics exp_avg_sq_row")
-                if c is not None:
-                    check(c, numel // shape[-2], "the column statistics exp_avg_sq_col")
                 kind = 1 if r is not None and c is not None else 2 if r is not None else 3
                 meta.extend((kind, p.numel() // (shape[-1] * shape[-2]), shape[-2], shape[-1], p.data_ptr(),
                              p.grad.data_ptr(), 0 if r is None else r.data_ptr(), 0 if c is None else c.data_ptr(), mom,
                              st["step"].data_ptr()))  # fmt: skip
             else:
-                check(st["exp_avg_sq"], numel, "the second moment exp_avg_sq")
                 meta.extend((0, 1, 1, p.numel(), p.data_ptr(), p.grad.data_ptr(), st["exp_avg_sq"].data_ptr(), 0, mom,
                              st["step"].data_ptr()))  # fmt: skip
         out = torch.empty(2, len(params), dtype=torch.float32)
@@ -425,6 +427,7 @@ class Adafactor(Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._plans.clear()  # the state tensors are new: the Triton tables point at the old ones
+        self._c_checked.clear()  # and the C kernel checks them again
         # torch.optim.Optimizer casts floating-point state to the parameter's dtype; the statistics here are
         # fp32 whatever the parameter dtype (bf16 parameters), so put back the saved tensors at their dtype.
         # The step count is a float32 0-d tensor on the parameter's device (older checkpoints hold an int).
