@@ -42,6 +42,7 @@ class TrainerConfig:
     device: str = MISSING
     precision: str = MISSING
     compile: bool = MISSING
+    parallel: str = "ddp"
     num_threads: int | None = MISSING
     peak_flops: float | None = MISSING
     log_interval: int = MISSING
@@ -56,6 +57,8 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"trainer.precision={self.precision!r}: use auto, bf16 or fp32")
+        if self.parallel not in ("ddp", "fsdp"):
+            raise ConfigError(f"trainer.parallel={self.parallel!r}: use ddp or fsdp")
         if self.batch_budget not in ("padded", "real"):
             raise ConfigError(f"trainer.batch_budget={self.batch_budget!r}: use padded or real")
         if self.num_workers < 0 or (self.tokens_per_update is not None and self.tokens_per_update < 1):

@@ -19,6 +19,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+import torch
+
 _SRC = Path(__file__).with_name("_kernel.c")
 # -march=native: the kernel is built on the machine that runs it (the cache key includes the CPU).
 # -fno-math-errno: sqrtf must not set errno, or the loops calling it are not vectorised.
@@ -94,3 +96,24 @@ def load() -> ctypes.CDLL | None:
 def error() -> str | None:
     """Why :func:`load` returned ``None`` (``None`` when the kernel loaded or was never requested)."""
     return _error
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def check(t, numel: int, what: str) -> None:
+    """Refuse, in one line naming ``what``, a tensor that ``afx_step`` would misread. The kernel takes raw data
+    pointers and walks ``numel`` contiguous fp32 words of host memory from each: a tensor subclass (a DTensor's
+    pointer is its local shard's, not the tensor's), a GPU or meta tensor, another dtype, a strided view or a
+    state tensor of the wrong size would be read out of bounds (a segfault) or silently wrong. About 0.5 us a
+    tensor (is_cpu, not device.type, which builds a device object), on the step's hot path."""
+    if type(t) not in _PLAIN or not t.is_cpu or t.dtype is not torch.float32 or not t.is_contiguous() \
+            or t.numel() != numel:
+        _refuse(t, numel, what)
+
+
+def _refuse(t, numel: int, what: str) -> None:
+    if type(t) not in _PLAIN:
+        raise TypeError(f"Adafactor C kernel: {what} is a {type(t).__name__}, not a plain tensor")
+    raise ValueError(f"Adafactor C kernel: {what} must be a contiguous float32 CPU tensor of {numel} elements, "
+                     f"got {t.dtype} on {t.device}, shape {tuple(t.shape)}, contiguous={t.is_contiguous()}")

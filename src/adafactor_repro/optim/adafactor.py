@@ -33,10 +33,18 @@ from collections.abc import Callable, Iterable
 import torch
 from torch.optim import Optimizer
 
-from . import _kernel, _triton
+from . import _kernel, _sharded, _triton
+
+# Exactly these types reach the fused kernels; DTensors take _sharded's path, other subclasses are refused.
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 # Tensors below this many elements are updated one per thread by the kernel instead of split across threads.
 _SMALL_NUMEL = 1 << 15
+
+
+def _param_name(group: dict, gi: int, i: int, p: torch.Tensor) -> str:
+    names = group.get("param_names")  # set when the optimizer was given named_parameters()
+    return repr(names[i]) if names else f"param_groups[{gi}]['params'][{i}] (shape {tuple(p.shape)})"
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -137,11 +145,12 @@ class Adafactor(Optimizer):
         self._last: list = []  # per-tensor statistics of the last step, reduced by stats()
         self._rms_index: dict | None = None  # parameter -> (chunk of _last, index), built by rms_u()
         self._plans: dict[tuple, _triton.Plan] = {}
+        self._c_checked: dict = {}  # parameter -> the state tensors _kernel.check last passed for the C kernel
         # Stochastic-rounding seed of the Triton path: from torch's seed, without drawing from its generator.
         self._seed = torch.initial_seed() % (1 << 24)
         self._check_fused_available()
-        for group in self.param_groups:
-            self._init_group_state(group)
+        for gi, group in enumerate(self.param_groups):
+            self._init_group_state(group, gi)
 
     def _check_fused_available(self) -> None:
         for group in self.param_groups:
@@ -162,15 +171,15 @@ class Adafactor(Optimizer):
         super().add_param_group(param_group)
         if hasattr(self, "_plans"):  # not while torch's __init__ adds the first groups
             self._check_fused_available()
-            self._init_group_state(self.param_groups[-1])
+            self._init_group_state(self.param_groups[-1], len(self.param_groups) - 1)
 
-    def _init_group_state(self, group: dict) -> None:
+    def _init_group_state(self, group: dict, gi: int) -> None:
         # State is allocated when the optimizer is built, not at the first step (torch's convention, which
         # asks that parameters are on their device by then): a compiled step() then sees the same state
         # every time and traces one graph.
-        for p in group["params"]:
+        for i, p in enumerate(group["params"]):
             if p.requires_grad and not p.is_sparse and not p.is_complex():
-                self._init_state(p, group)
+                self._init_state(p, group, _param_name(group, gi, i, p) if _sharded.is_dtensor(p) else "")
 
     # ----------------------------------------------------------------------------------------------
     @staticmethod
@@ -187,20 +196,26 @@ class Adafactor(Optimizer):
         b = group["beta2"]
         return b * (1.0 - b ** (t - 1)) / (1.0 - b**t)  # Section 7.1; 0 at t = 1
 
-    def _init_state(self, p: torch.Tensor, group: dict) -> dict:
+    def _init_state(self, p: torch.Tensor, group: dict, name: str = "") -> dict:
         state = self.state[p]
         if not state:
-            f32 = dict(dtype=torch.float32, device=p.device)
+            # A DTensor parameter gets DTensor state holding only this rank's part, laid out so that DCP can
+            # reshard it (_sharded.state_placements); the step count stays a plain 0-d tensor, as torch's.
+            sharded = _sharded.is_dtensor(p)
+            device = p.to_local().device if sharded else p.device
+            f32 = dict(dtype=torch.float32, device=device)
+            zeros = (lambda kind, shape: _sharded.zeros_state(p, kind, name)) if sharded else (  # noqa: E731
+                lambda kind, shape: torch.zeros(shape, **f32))
             state["step"] = torch.zeros((), **f32)
-            if self._factored(p.shape, group):
+            if self._factored(p.shape, group):  # the global shape: a shard factors as the whole tensor does
                 if group["factored"] != "col":
-                    state["exp_avg_sq_row"] = torch.zeros(p.shape[:-1], **f32)
+                    state["exp_avg_sq_row"] = zeros("row", p.shape[:-1])
                 if group["factored"] != "row":
-                    state["exp_avg_sq_col"] = torch.zeros(p.shape[:-2] + p.shape[-1:], **f32)
+                    state["exp_avg_sq_col"] = zeros("col", p.shape[:-2] + p.shape[-1:])
             else:
-                state["exp_avg_sq"] = torch.zeros(p.shape, **f32)
+                state["exp_avg_sq"] = zeros("full", p.shape)
             if group["beta1"] > 0:
-                state["exp_avg"] = torch.zeros(p.shape, **f32)
+                state["exp_avg"] = zeros("full", p.shape)
         elif group["beta1"] > 0 and "exp_avg" not in state:
             raise RuntimeError("Adafactor: beta1 > 0 but the loaded state has no momentum (exp_avg); "
                                "resume with the beta1 the state was saved with")  # fmt: skip
@@ -286,9 +301,23 @@ class Adafactor(Optimizer):
         # beta2t from them in double, as _beta2t does. array.array keeps this Python-side bookkeeping at about
         # a microsecond per tensor.
         meta = array.array("q")
+        check, checked = _kernel.check, self._c_checked
         for p, st in zip(params, states):
-            mom = st["exp_avg"].data_ptr() if "exp_avg" in st else 0
+            # Every pointer handed to C is checked first (type, device, dtype, layout, size): never a segfault.
+            # The parameter and gradient every step; the state tensors when they are new objects (a load).
+            numel = p.numel()
+            check(p, numel, "a parameter")
+            check(p.grad, numel, "a gradient")
             r, c = st.get("exp_avg_sq_row"), st.get("exp_avg_sq_col")
+            seen = (numel, st["step"], st.get("exp_avg"), r, c, st.get("exp_avg_sq"))
+            old = checked.get(p)
+            if old is None or old[0] != numel or any(a is not b for a, b in zip(old[1:], seen[1:])):
+                for key, t in st.items():
+                    if torch.is_tensor(t):
+                        check(t, 1 if key == "step" else numel // p.shape[-1] if key == "exp_avg_sq_row"
+                              else numel // p.shape[-2] if key == "exp_avg_sq_col" else numel, f"the state {key}")
+                checked[p] = seen
+            mom = st["exp_avg"].data_ptr() if "exp_avg" in st else 0
             if r is not None or c is not None:
                 shape = p.shape
                 kind = 1 if r is not None and c is not None else 2 if r is not None else 3
@@ -341,12 +370,22 @@ class Adafactor(Optimizer):
         # the chunk's parameters).
         last = []
         triton_work: dict[tuple, tuple[list, list, list]] = {}
+        sharded_work: list[tuple] = []  # DTensor parameters of every group: one batched reduction per phase
         for gi, group in enumerate(self.param_groups):
             c_params, c_states = [], []
             lib = _kernel.load() if group["fused"] in (None, True) and not compiling else None
             d = group["clip_threshold"]
-            for p in group["params"]:
+            for i, p in enumerate(group["params"]):
                 if p.grad is None:
+                    continue
+                if type(p) not in _PLAIN or type(p.grad) not in _PLAIN:
+                    # No tensor subclass reaches a fused kernel: a DTensor's data pointer is not its storage.
+                    name = _param_name(group, gi, i, p)
+                    if not (_sharded.is_dtensor(p) and _sharded.is_dtensor(p.grad)):
+                        raise TypeError(f"Adafactor: parameter {name} is a {type(p).__name__} with a "
+                                        f"{type(p.grad).__name__} gradient; only plain tensors and DTensor "
+                                        "parameters with DTensor gradients are supported")  # fmt: skip
+                    sharded_work.append((p, self._init_state(p, group, name), group, name))
                     continue
                 if p.grad.is_sparse:
                     raise RuntimeError("Adafactor does not support sparse gradients (use a dense embedding)")
@@ -371,6 +410,10 @@ class Adafactor(Optimizer):
             if c_params:
                 rms, alpha, beta2t = self._fused(c_params, c_states, group, lib)
                 last.append((rms, alpha, None, beta2t, d, c_params))
+        if sharded_work:
+            results = _sharded.step(sharded_work, self._beta2t, stochastic_round_to_bf16)
+            for (p, _, group, _), (rms, alpha, beta2t) in zip(sharded_work, results):
+                last.append((rms.reshape(1), alpha.reshape(1), None, beta2t.reshape(1), group["clip_threshold"], [p]))
         for key, (params, states, group_ids) in triton_work.items():
             plan = self._plans.get(key)
             if plan is None or not plan.matches(params, self.param_groups):
@@ -384,6 +427,7 @@ class Adafactor(Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
         self._plans.clear()  # the state tensors are new: the Triton tables point at the old ones
+        self._c_checked.clear()  # and the C kernel checks them again
         # torch.optim.Optimizer casts floating-point state to the parameter's dtype; the statistics here are
         # fp32 whatever the parameter dtype (bf16 parameters), so put back the saved tensors at their dtype.
         # The step count is a float32 0-d tensor on the parameter's device (older checkpoints hold an int).

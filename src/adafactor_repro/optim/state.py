@@ -15,7 +15,8 @@ _KINDS = {
 
 def _tensors(value):
     if isinstance(value, torch.Tensor):
-        yield value
+        # A DTensor (sharded state, FSDP2) holds its local part: bytes are per rank, what this process holds.
+        yield value.to_local() if hasattr(value, "to_local") else value
     elif isinstance(value, (list, tuple)):
         for v in value:
             yield from _tensors(v)
@@ -28,7 +29,8 @@ def optimizer_state_breakdown(optimizer: torch.optim.Optimizer) -> dict[str, int
     """Bytes of optimizer state by kind: ``factored`` (row/column statistics), ``second_moment`` (full second
     moments), ``momentum`` and ``other`` (step counters and anything unrecognised), plus ``total``.
 
-    A tensor whose storage was already counted (a view sharing memory) is not counted twice."""
+    A tensor whose storage was already counted (a view sharing memory) is not counted twice. Sharded state
+    (DTensors) counts this rank's part only."""
     out = {"factored": 0, "second_moment": 0, "momentum": 0, "other": 0}
     seen: set[tuple[torch.device, int]] = set()
     for per_param in optimizer.state.values():

@@ -38,6 +38,7 @@ from ..machine import cpu_name, git_commit
 from ..model import Transformer, TransformerConfig
 from ..optim import optimizer_state_breakdown, optimizer_state_bytes
 from . import distributed as D
+from . import fsdp as F
 from . import step as S
 from .checkpoint import find_resume_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluation import evaluate_bleu
@@ -187,6 +188,11 @@ class Trainer:
         self.model_args = dict(OmegaConf.to_container(cfg.model, resolve=True), vocab_size=tok.vocab_size,
                                pad_id=tok.pad_id)
         self.raw_model = Transformer(TransformerConfig(**self.model_args)).to(device)
+        # FSDP2 shards the parameters in place, so before the optimizer sees them (then DTensors)
+        self.fsdp = t.parallel == "fsdp" and dist.distributed
+        if self.fsdp:
+            F.shard(self.raw_model, device)
+        self._eval_copy: tuple[int, torch.nn.Module] | None = None
         self.optimizer = instantiate(cfg.optim)(self.raw_model.parameters())
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, instantiate(cfg.schedule))
         # dropout streams differ per rank; reseeding on rank 0 too keeps 1-process runs = rank 0 of N
@@ -211,7 +217,7 @@ class Trainer:
         self.commit = git_commit()
 
         model = self.raw_model
-        if dist.distributed:
+        if dist.distributed and not self.fsdp:
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
         if t.compile:  # after DDP: its graph breaks at the gradient buckets, so all-reduce overlaps backward
             model = torch.compile(model)
@@ -270,8 +276,11 @@ class Trainer:
                 f"{'; '.join(changed)}. Rerun with the stored values ({path.name}'s config, also in "
                 f"config.yaml) or give the new run another run_dir. A resume may change only: "
                 f"{', '.join(RESUME_MAY_CHANGE)}")
-        self.raw_model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.fsdp:
+            F.load_full_state(self.raw_model, self.optimizer, ckpt["model"], ckpt["optimizer"])
+        else:
+            self.raw_model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(F.optim_state_keyed(self.raw_model, ckpt["optimizer"], by_name=False))
         self.scheduler.load_state_dict(ckpt["scheduler"])
         # with a global batch, another world size splits it into other per-rank budgets (same batch size)
         self.sampler.load_state_dict(ckpt["sampler"], rebatch=bool(self.t.tokens_per_update))
@@ -342,10 +351,26 @@ class Trainer:
             raise Diverged(self.state.num_updates, f"{what} loss {loss:.4g} above {self.t.diverge_loss_factor:g} x "
                            f"ln(vocabulary {self.tok.vocab_size}) = {limit:.4g} (trainer.diverge_loss_factor)")
 
+    def eval_model(self) -> torch.nn.Module:
+        """The model to evaluate: itself, or under FSDP an unsharded copy of it as of this update (FSDP's
+        forward is a collective; ranks validate and decode different numbers of batches and steps)."""
+        if not self.fsdp:
+            return self.raw_model
+        if self._eval_copy is None or self._eval_copy[0] != self.state.num_updates:
+            full = F.full_model_state(self.raw_model)
+            if self._eval_copy is None:
+                with torch.random.fork_rng(devices=[]):  # its initialisation must not move the training RNG
+                    copy = Transformer(TransformerConfig(**self.model_args))
+            else:
+                copy = self._eval_copy[1]
+            copy.load_state_dict(full)
+            self._eval_copy = (self.state.num_updates, copy.to(self.device))
+        return self._eval_copy[1]
+
     def validate(self) -> dict:
         """Validation loss now; updates the best loss; logged."""
         st = self.state
-        v = validate(self.raw_model, self.valid_set, self.valid_sampler, device=self.device,
+        v = validate(self.eval_model(), self.valid_set, self.valid_sampler, device=self.device,
                      autocast_dtype=self.autocast_dtype, label_smoothing=self.t.label_smoothing, tok=self.tok)
         self._check_explosion(v["loss"], "validation")
         improved = v["loss"] < st.best_valid
@@ -364,7 +389,7 @@ class Trainer:
             improved = self.validate()["improved"]
         if t.bleu_interval > 0 and n % t.bleu_interval == 0:
             # every rank decodes its shard (no rank idles in a collective while rank 0 decodes); rank 0 scores
-            b = evaluate_bleu(self.raw_model, self.tok, self.data_dir, ["valid"], self.eval_cfg, None,
+            b = evaluate_bleu(self.eval_model(), self.tok, self.data_dir, ["valid"], self.eval_cfg, None,
                               max_sentences=self.eval_cfg.max_sentences, sharded=True)
             if self.main:
                 self.logger.log({"split": "valid", "update": n, "bleu": b["valid"]["bleu"],
@@ -385,10 +410,13 @@ class Trainer:
         # every rank's RNG state (dropout streams differ per rank), gathered to rank 0
         rngs = D.gather_object(rng_state())
         st.saved_at = st.num_updates
+        # FSDP: gathered to full state dicts on rank 0 (a collective), keys as the DDP path's (train/fsdp.py)
+        model_sd, optim_sd = F.full_state(self.raw_model, self.optimizer) if self.fsdp else (None, None)
         if not self.main:
             return
         save_checkpoint({
-            "model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": model_sd if self.fsdp else self.raw_model.state_dict(),
+            "optimizer": optim_sd if self.fsdp else self.optimizer.state_dict(), "parallel": self.t.parallel,
             # the batches the loop consumed, not the DataLoader workers' read-ahead
             "scheduler": self.scheduler.state_dict(), "sampler": self.batches.state_dict(),
             "rng": rngs if self.dist.distributed else rngs[0], "update": st.num_updates,
@@ -471,8 +499,9 @@ class Trainer:
             self.validate()
             self.checkpoint(best=st.last_valid["improved"])
         extra = {"nonfinite_total": st.counters["nonfinite_total"]}
+        eval_model = self.eval_model()  # a collective under FSDP: every rank, before rank 0 alone decodes
         if self.main and self.t.bleu_at_end:
-            bleu = evaluate_bleu(self.raw_model, self.tok, self.data_dir, self.eval_cfg.splits, self.eval_cfg,
+            bleu = evaluate_bleu(eval_model, self.tok, self.data_dir, self.eval_cfg.splits, self.eval_cfg,
                                  self.run_dir, max_sentences=None,
                                  extra={"checkpoint": "checkpoint_last.pt", "update": st.num_updates},
                                  say=self.logger.message)

@@ -5,7 +5,8 @@ number of non-pad target tokens of the *update* - all micro-batches on all ranks
 before the first forward. DDP averages gradients over ranks, so the loss is multiplied by the world size
 to turn that average back into the sum. The gradient is then exactly that of
 sum(loss over all tokens of the update) / ntokens(update), whatever the split into micro-batches and
-ranks (tests/test_ddp.py checks 2 ranks against 1 process on the same global batch).
+ranks (tests/test_ddp.py checks 2 ranks against 1 process on the same global batch). FSDP2's reduce-scatter
+averages over ranks as DDP's all-reduce does, so the same scale holds (tests/test_fsdp_train.py).
 """
 
 from __future__ import annotations
@@ -99,10 +100,14 @@ def train_step(
     scale = world_size / ntok.clamp(min=1.0)
     sums = torch.zeros(3, device=device)  # loss, nll, stop requests
     sums[2] = float(stop)
-    ddp = isinstance(getattr(model, "_orig_mod", model), DDP)  # DDP, possibly inside torch.compile
+    inner = getattr(model, "_orig_mod", model)  # DDP or FSDP, possibly inside torch.compile
+    ddp, fsdp = isinstance(inner, DDP), hasattr(inner, "set_requires_gradient_sync")
     for i, b in enumerate(micro_batches):
-        # gradients are all-reduced on the last micro-batch only (DDP.no_sync on the others)
-        sync_ctx = model.no_sync() if ddp and i < len(micro_batches) - 1 else contextlib.nullcontext()
+        # gradients are all-reduced (DDP) or reduce-scattered (FSDP) on the last micro-batch only
+        last = i == len(micro_batches) - 1
+        sync_ctx = model.no_sync() if ddp and not last else contextlib.nullcontext()
+        if fsdp:
+            inner.set_requires_gradient_sync(last)
         with sync_ctx:
             loss, nll = forward_loss(model, b, label_smoothing=label_smoothing, pad_id=pad_id,
                                      autocast_dtype=autocast_dtype, loss_fn=loss_fn)
@@ -113,6 +118,8 @@ def train_step(
     params = [p for p in model.parameters() if p.grad is not None]
     grads = [p.grad for p in params]
     gnorm = torch.nn.utils.get_total_norm(grads, norm_type=2.0, foreach=True)
+    if hasattr(gnorm, "full_tensor"):  # sharded gradients (FSDP): the norm of the local shards, summed over ranks
+        gnorm = gnorm.full_tensor()
     finite_t = torch.isfinite(torch.cat((sums[:2], gnorm.reshape(1)))).all()
     if world_size > 1:  # the one host sync: finite?, the global token count, stop requests
         finite_f, ntokens_f, stop_f = torch.stack((finite_t.float(), ntok, sums[2])).tolist()
