@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from . import loss_verdict as LV
 from .runs import Run
 from .table import to_csv  # noqa: F401  (the same CSV writer for both tables)
 
@@ -137,6 +138,8 @@ def cell_rows(cells: list[Cell], split: str, fraction: float = COLLAPSE_FRACTION
     collapse at ``fraction`` (the rule's unless recounting for `sensitivity`)."""
     paper = paper_table()
     ours_thr, paper_thr = collapse_threshold(cells, fraction), paper_threshold(paper, fraction)
+    # the loss verdict (loss_verdict.py; docs/cpu_scale.md): progress from the context-free baseline
+    u, best = LV.baseline([r for c in cells for r in c.runs]), LV.best_nll(cells)
     rows = []
     for c in cells:
         p = paper[(c.row, c.schedule)]
@@ -147,6 +150,15 @@ def cell_rows(cells: list[Cell], split: str, fraction: float = COLLAPSE_FRACTION
         verdict = "-" if collapsed is None else ("collapsed" if collapsed else "trains")
         if n_coll is not None and 0 < n_coll < n:
             verdict += f" (split: {n_coll}/{n} seeds collapsed)"
+        fs = [LV.progress(r, u, best) for r in c.runs]
+        f_mean = statistics.fmean(fs) if fs and None not in fs else None
+        n_lcoll = None if f_mean is None else sum(f < LV.LOSS_COLLAPSE_FRACTION for f in fs)
+        loss_collapsed = None if f_mean is None else f_mean < LV.LOSS_COLLAPSE_FRACTION
+        loss_verdict = "-" if loss_collapsed is None else ("collapsed" if loss_collapsed else "trains")
+        if n_lcoll is not None and 0 < n_lcoll < n:
+            loss_verdict += f" (split: {n_lcoll}/{n})"
+        # fragile: the seeds straddle either line (the cell's verdict could flip with another seed)
+        fragile = any(k is not None and 0 < k < n for k in (n_coll, n_lcoll))
         s0 = c.runs[0].summary
         state, params = s0.get("optimizer_state_bytes"), s0.get("num_parameters")
         rows.append({
@@ -160,6 +172,11 @@ def cell_rows(cells: list[Cell], split: str, fraction: float = COLLAPSE_FRACTION
             "n_diverged": str(sum(r.summary.get("status") == "diverged" for r in c.runs)),
             "verdict": verdict,
             "agrees": "-" if collapsed is None else ("yes" if collapsed == paper_collapsed else "no"),
+            "progress_mean": _f(f_mean), "seeds_progress": " ".join(
+                f"s{run_seed(r)}:{_f(f)}" for r, f in zip(c.runs, fs)),
+            "loss_verdict": loss_verdict,
+            "loss_agrees": "-" if loss_collapsed is None else ("yes" if loss_collapsed == paper_collapsed else "no"),
+            "fragile": "yes" if fragile else "no",
             "seeds_bleu": " ".join(f"s{run_seed(r)}:{b:.2f}" for r, b in zip(c.runs, c.bleus)),
             "valid_ppl_mean": _f(statistics.fmean([r.summary["valid_ppl"] for r in c.runs
                                                     if isinstance(r.summary.get("valid_ppl"), (int, float))] or [math.nan]), ".4g"),
@@ -171,12 +188,13 @@ def cell_rows(cells: list[Cell], split: str, fraction: float = COLLAPSE_FRACTION
     return rows
 
 
-def agreement(rows: list[dict[str, str]]) -> dict[str, tuple[int, int]]:
-    """{"no_warmup": (agree, judged), "all": (agree, judged)} over the cells with a verdict."""
+def agreement(rows: list[dict[str, str]], column: str = "agrees") -> dict[str, tuple[int, int]]:
+    """{"no_warmup": (agree, judged), "all": (agree, judged)} over the cells with a verdict (`column`:
+    "agrees" for the BLEU verdict, "loss_agrees" for the loss verdict)."""
     out = {}
     for key, pick in (("no_warmup", lambda r: r["schedule"] == "no_warmup"), ("all", lambda r: True)):
-        judged = [r for r in rows if pick(r) and r["agrees"] != "-"]
-        out[key] = (sum(r["agrees"] == "yes" for r in judged), len(judged))
+        judged = [r for r in rows if pick(r) and r.get(column, "-") != "-"]
+        out[key] = (sum(r[column] == "yes" for r in judged), len(judged))
     return out
 
 
@@ -188,7 +206,8 @@ def sensitivity(cells: list[Cell], split: str) -> dict[float, dict[str, tuple[in
 
 # The markdown table shows these columns (the CSV has them all).
 MD_COLUMNS = ["row", "schedule", "factored", "beta1", "beta2", "clip_d", "step", "step_run", "paper_bleu", "paper_verdict",
-              "bleu_mean", "bleu_sd", "n_seeds", "verdict", "agrees", "seeds_bleu", "opt_state_B_per_param"]
+              "bleu_mean", "bleu_sd", "n_seeds", "verdict", "agrees", "seeds_bleu", "progress_mean", "loss_verdict",
+              "loss_agrees", "fragile", "opt_state_B_per_param"]
 
 
 def to_markdown(rows: list[dict[str, str]], cells: list[Cell]) -> str:
@@ -208,12 +227,27 @@ def to_markdown(rows: list[dict[str, str]], cells: list[Cell]) -> str:
         f"**Agreement with the paper's collapse/train verdict: no-warmup cells {ag['no_warmup'][0]}/"
         f"{ag['no_warmup'][1]}; all cells {ag['all'][0]}/{ag['all'][1]}.**",
         "",
+        loss_footer(cells, rows),
+        "",
         "The same agreement with the collapse line moved (not the rule; it shows how far the verdicts sit from "
         "the line): " + "; ".join(
             f"{f:g} x best warmup: no-warmup {a['no_warmup'][0]}/{a['no_warmup'][1]}, all {a['all'][0]}/"
             f"{a['all'][1]}" for f, a in sensitivity(cells, rows[0]["split"]).items()) + ".",
     ]
     return "\n".join(lines) + "\n"
+
+
+def loss_footer(cells: list[Cell], rows: list[dict[str, str]]) -> str:
+    """The loss verdict's rule with this table's numbers, its agreement, and the fragile cells."""
+    u, best = LV.baseline([r for c in cells for r in c.runs]), LV.best_nll(cells)
+    la = agreement(rows, "loss_agrees")
+    fragile = [f"{r['row']} {r['schedule'].replace('_', '-')}" for r in rows if r["fragile"] == "yes"]
+    return (f"Loss verdict (declared in docs/cpu_scale.md before the sweep): progress f = (U - final validation NLL) "
+            f"/ (U - best warmup cell's mean), U = {_f(u, '.3f')} nats (the context-free unigram baseline), best = "
+            f"{_f(best, '.3f')}; collapsed when the cell's mean f < {LV.LOSS_COLLAPSE_FRACTION:g}; a diverged run has "
+            f"f = 0. **Loss verdict agreement with the paper: no-warmup {la['no_warmup'][0]}/{la['no_warmup'][1]}, "
+            f"all {la['all'][0]}/{la['all'][1]}.** Fragile (seeds on both sides of the BLEU or the loss line): "
+            + (", ".join(fragile) if fragile else "none") + ".")
 
 
 def to_wide_markdown(rows: list[dict[str, str]]) -> str:
@@ -226,7 +260,10 @@ def to_wide_markdown(rows: list[dict[str, str]]) -> str:
             return "not run yet"
         sd = f" ± {r['bleu_sd']}" if r["bleu_sd"] != "-" else ""
         mark = "" if r["agrees"] in ("yes", "-") else " **≠**"
-        return f"{r['bleu_mean']}{sd} (n={r['n_seeds']}) {r['verdict']}{mark}"
+        loss = "" if r.get("loss_verdict", "-") == "-" else (
+            f"; loss f {r['progress_mean']} {r['loss_verdict']}" + ("" if r["loss_agrees"] != "no" else " **≠**"))
+        return (f"{r['bleu_mean']}{sd} (n={r['n_seeds']}) {r['verdict']}{mark}{loss}"
+                + ("; *fragile*" if r.get("fragile") == "yes" else ""))
 
     head = ["row", "factored", "β1", "β2", "d", "step, paper", "step, ours", "paper, warmup", "ours, warmup",
             "paper, no warmup", "ours, no warmup"]
