@@ -64,8 +64,11 @@ def phase1(T, TILES, B2, HYP, PART, COLP, X_BF16: tl.constexpr, G_BF16: tl.const
     eps1 = tl.load(HYP + grp * 7)
     if kind == 0:
         # Algorithm 5 on elements [r0, r0 + nr): V, sum U^2 = sum G^2 / V, sum X^2.
+        # Names apart from the other branch's: `kind` is a runtime value, so the compiler types both branches
+        # and rejects a variable that is [BLOCK] in one and [ROWS, COLS] in the other (the interpreter never
+        # checks this; tests/test_kernels_compile.py does).
         su = tl.zeros([BLOCK], dtype=tl.float32)
-        xs = tl.zeros([BLOCK], dtype=tl.float32)
+        xs1 = tl.zeros([BLOCK], dtype=tl.float32)
         for off in range(0, nr, BLOCK):
             lane = off + tl.arange(0, BLOCK)
             mask = lane < nr
@@ -76,9 +79,9 @@ def phase1(T, TILES, B2, HYP, PART, COLP, X_BF16: tl.constexpr, G_BF16: tl.const
             tl.store(s1 + idx, v, mask=mask)
             u = g / tl.sqrt(v)
             su += tl.where(mask, u * u, 0.0)
-            xs += x * x
+            xs1 += x * x
         tl.store(PART + tile * 2, tl.sum(su, axis=0))
-        tl.store(PART + tile * 2 + 1, tl.sum(xs, axis=0))
+        tl.store(PART + tile * 2 + 1, tl.sum(xs1, axis=0))
     else:
         # Rows [r0, r0 + nr) of the flattened B*n rows (a tile never straddles two matrices), ROWS at a time.
         # Column partials live in this tile's own slice of COLP: sum_i (G^2 + eps1) at [coff, coff + m),
