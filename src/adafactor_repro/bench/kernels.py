@@ -105,8 +105,8 @@ def scenarios() -> list[tuple[str, list, dict, tuple]]:
     for pd in DTYPES:
         for gd in DTYPES:
             for i, sw in enumerate(switches):
-                shapes = base if i == 0 else ODD_SHAPES
-                out.append((f"{pd}/{gd} {'base' if i == 0 else 'odd'} {sw}", shapes, sw, (pd, gd)))
+                shapes, kw = (base, sw) if i == 0 else (ODD_SHAPES, dict(sw, min_dim_size_to_factor=4))
+                out.append((f"{pd}/{gd} {'base' if i == 0 else 'odd'} {kw}", shapes, kw, (pd, gd)))
     out.append(("fp32/fp32 one tensor", [(512, 512)], dict(beta1=0.0), ("fp32", "fp32")))
     return out
 
