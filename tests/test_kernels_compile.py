@@ -37,3 +37,13 @@ def test_every_kernel_compiles_for_every_target_without_spills(tmp_path, repo_ro
 
     if f"triton {triton.__version__} " in committed.read_text():
         assert committed.read_text() == text, "results/gpu/kernels.md is stale: run `make kernels`"
+
+
+def test_bytes_moved_table_in_the_docs_is_current(repo_root):
+    from adafactor_repro.bench import kernels as K
+
+    table = K.bytes_table()
+    assert table in (repo_root / "docs" / "optimizer.md").read_text(), "docs/optimizer.md: paste bytes_table()"
+    base = K.bytes_per_step(K.transformer_shapes(distinct=False))
+    assert 60e6 < base["params"] < 61e6 and base["adam"] == 28 * base["params"]
+    assert base["adafactor"] / base["adam"] <= 0.85  # the model's prediction meets the target

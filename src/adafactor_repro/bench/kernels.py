@@ -75,14 +75,16 @@ class _StubDriver:
         return True
 
 
-def transformer_shapes(big: bool = False) -> list[tuple[int, ...]]:
-    """The distinct parameter shapes of Transformer base (or big), from the model code on the meta device."""
+def transformer_shapes(big: bool = False, distinct: bool = True) -> list[tuple[int, ...]]:
+    """The parameter shapes of Transformer base (or big), from the model code on the meta device: each shape
+    once (what the compile tier needs), or one per parameter tensor (the bytes-moved model)."""
     from ..model import Transformer, TransformerConfig
 
     kw = dict(d_model=1024, n_heads=16, ffn_dim=4096) if big else {}
     with torch.device("meta"):
         model = Transformer(TransformerConfig(vocab_size=32000, **kw))
-    return sorted({tuple(p.shape) for p in model.parameters()}, key=lambda s: (len(s), s))
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    return sorted(set(shapes), key=lambda s: (len(s), s)) if distinct else shapes
 
 
 # Shapes no alignment hint may assume: odd row lengths, an odd vector, a 3-D tensor.
@@ -277,3 +279,54 @@ def report(launches: list[Launch], figs: list[Figures]) -> str:
         lines.append(f"- `{ln.name}` [{ln.label()}]: first seen in `{ln.scenario}`; "
                      f"num_warps={ln.options['num_warps']}")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- bytes moved
+HBM_TBPS = {"H100 SXM (3.35 TB/s)": 3.35e12, "H200 (4.8 TB/s)": 4.8e12}
+
+
+def bytes_per_step(shapes: list[tuple[int, ...]], tile_elems: int = 1 << 16, min_dim: int = 128) -> dict:
+    """HBM bytes of one optimizer step over `shapes`, fp32 parameters and gradients (autocast keeps fp32
+    masters), for this Adafactor's Triton kernels (beta1 = 0, factored, Section 9's proposal) and for torch's
+    fused Adam (one pass: read X, G, M, V, write X, M, V = 28 bytes a parameter).
+
+    Adafactor, per element of a factored matrix: phase 1 reads G and X (X for RMS(X), Section 8), phase 3 reads
+    G and X and writes X: 20 bytes. Phase 1's second sweep over G (D_j = sum_i G_ij^2 / R_i, Alg. 4) re-reads
+    the ROWS x m block it has just read, from L2 (counted 0; `adafactor_worst` counts it: 24). Per matrix of n
+    rows, m columns and k tiles: column partials written and read (16 k m), the C row read by every tile of
+    phase 3 (4 k m), R read and written and read again (12 n), C read and written (8 m). Unfactored tensors:
+    G and X twice, V read twice and written once, X written: 32 bytes an element."""
+    n_params = adam = ada = worst = 0
+    for s in shapes:
+        numel = 1
+        for d in s:
+            numel *= d
+        n_params += numel
+        adam += 28 * numel
+        if len(s) >= 2 and min(s[-2:]) >= min_dim:
+            n, m = s[-2], s[-1]
+            nb = numel // (n * m)
+            k = -(-n // max(8, -(-max(1, tile_elems // m) // 8) * 8))
+            extra = nb * (16 * k * m + 4 * k * m + 12 * n + 8 * m)
+            ada += 20 * numel + extra
+            worst += 24 * numel + extra
+        else:
+            ada += 32 * numel
+            worst += 32 * numel
+    return dict(params=n_params, adam=adam, adafactor=ada, adafactor_worst=worst)
+
+
+def bytes_table() -> str:
+    """The table of docs/optimizer.md, "Bytes moved per step" (tests/test_kernels_compile.py keeps it current)."""
+    lines = ["| model | parameters | fused Adam (MB) | Adafactor (MB) | bytes/param Adam / Adafactor | "
+             + " | ".join(f"roofline {g}: Adam / Adafactor (us)" for g in HBM_TBPS) + " | predicted ratio |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(HBM_TBPS) + "---:|"]
+    for name, big in (("Transformer base", False), ("Transformer big", True)):
+        b = bytes_per_step(transformer_shapes(big, distinct=False))
+        roof = " | ".join(f"{b['adam'] / bw * 1e6:.0f} / {b['adafactor'] / bw * 1e6:.0f}" for bw in HBM_TBPS.values())
+        lines.append(f"| {name} | {b['params'] / 1e6:.1f}M | {b['adam'] / 1e6:.0f} | {b['adafactor'] / 1e6:.0f} | "
+                     f"{b['adam'] / b['params']:.1f} / {b['adafactor'] / b['params']:.1f} | {roof} | "
+                     f"{b['adafactor'] / b['adam']:.3f} ({b['adafactor_worst'] / b['adam']:.3f} if phase 1 "
+                     "re-reads G from HBM) |")
+    return "\n".join(lines)
+
