@@ -1,4 +1,4 @@
-"""Fused Triton Adafactor: one step of every tensor of the optimizer in three launches (Algorithms 4 and 5 of
+"""Fused Triton Adafactor: one step of every tensor of the optimizer in four launches (Algorithms 4 and 5 of
 Shazeer & Stern 2018, the row-only and column-only estimators of its Section 3, and every switch of
 :class:`~adafactor_repro.optim.Adafactor`), like ``multi_tensor_apply``: a launch covers all tensors through
 tables of pointers and tiles built once, and rebuilt only when parameter or gradient storage changes.
@@ -189,7 +189,7 @@ class Plan:
         return True
 
     def step(self, groups: list) -> None:
-        """One step of every tensor of the plan: a handful of torch ops for the device scalars, three launches."""
+        """One step of every tensor of the plan: a handful of torch ops for the device scalars, four launches."""
         self.steps.add_(1.0)
         for g, (lr_out, steps, t, w, b2, b2_out, omb2_out) in self.views.items():
             group = groups[g]

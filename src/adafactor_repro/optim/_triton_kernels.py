@@ -55,11 +55,9 @@ def phase1(T, TILES, B2, HYP, PART, COLP, X_BF16: tl.constexpr, G_BF16: tl.const
         xp = tl.multiple_of(xp, 16)
         gp = tl.multiple_of(gp, 16)
         s1 = tl.multiple_of(s1, 16)
-        # Row lengths (numel when unfactored), tile starts and tile lengths of unfactored tensors are multiples
-        # of 16 elements: every 4 (fp32) or 8 (bf16) lanes share one mask bit and one 16-byte line -> v4 loads.
+        # Row lengths (numel when unfactored) are multiples of 16 elements: every 4 (fp32) or 8 (bf16) lanes
+        # share one mask bit and one 16-byte line -> v4 loads.
         m = tl.multiple_of(m, 16)
-        r0 = tl.multiple_of(r0, 16)
-        nr = tl.multiple_of(nr, 16)
     grp = tl.load(row + 9)
     b2 = tl.load(B2 + ti * 2)
     omb2 = tl.load(B2 + ti * 2 + 1)
@@ -71,6 +69,12 @@ def phase1(T, TILES, B2, HYP, PART, COLP, X_BF16: tl.constexpr, G_BF16: tl.const
         # checks this; tests/test_kernels_compile.py does).
         su = tl.zeros([BLOCK], dtype=tl.float32)
         xs1 = tl.zeros([BLOCK], dtype=tl.float32)
+        if ALIGN:
+            # An unfactored tile starts at a multiple of BLOCK and holds a multiple of 16 elements, so these
+            # are the same values, in a form the compiler can see is divisible by 16. (tl.multiple_of would
+            # mark the load of r0 / nr itself, so the factored branch, where they count rows, too.)
+            r0 = r0 // 16 * 16
+            nr = nr // 16 * 16
         for off in range(0, nr, BLOCK):
             lane = off + tl.arange(0, BLOCK)
             mask = lane < nr
@@ -280,8 +284,6 @@ def phase3(T, TILES, HYP, LR, SCALE, RMEAN, STEPS, X_BF16: tl.constexpr, G_BF16:
         s2 = tl.multiple_of(s2, 16)
         mp = tl.multiple_of(mp, 16)
         m = tl.multiple_of(m, 16)
-        r0 = tl.multiple_of(r0, 16)
-        nr = tl.multiple_of(nr, 16)
     grp = tl.load(row + 9)
     rbase = tl.load(row + 13)
     s = tl.load(SCALE + ti)
@@ -292,6 +294,9 @@ def phase3(T, TILES, HYP, LR, SCALE, RMEAN, STEPS, X_BF16: tl.constexpr, G_BF16:
     # Stochastic rounding of bf16 parameters: one Philox stream per (seed, tensor, step), indexed by element.
     sr_seed = (seed.to(tl.int64) * 1000003 + ti * 7919 + tl.load(STEPS + ti).to(tl.int64)) & 0x7FFFFFFF
     if kind == 0:
+        if ALIGN:  # as in phase1: the same values, visibly multiples of 16
+            r0 = r0 // 16 * 16
+            nr = nr // 16 * 16
         for off in range(0, nr, BLOCK):
             lane = off + tl.arange(0, BLOCK)
             mask = lane < nr
