@@ -47,3 +47,40 @@ def test_bytes_moved_table_in_the_docs_is_current(repo_root):
     base = K.bytes_per_step(K.transformer_shapes(distinct=False))
     assert 60e6 < base["params"] < 61e6 and base["adam"] == 28 * base["params"]
     assert base["adafactor"] / base["adam"] <= 0.85  # the model's prediction meets the target
+
+
+BROKEN = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def broken(P, K, R: tl.constexpr, C: tl.constexpr):
+    # issue 16's bug in miniature: a variable typed [R * C] in one runtime branch and [R, C] in the other
+    if tl.load(K) == 0:
+        xs = tl.zeros([R * C], dtype=tl.float32)
+    else:
+        xs = tl.zeros([R, C], dtype=tl.float32)
+    tl.store(P, tl.sum(tl.reshape(xs, [R * C]), axis=0))
+'''
+
+CHECK = '''
+import sys
+sys.path.insert(0, sys.argv[1])
+from broken import broken
+from adafactor_repro.bench import kernels as K
+ln = K.Launch(broken, {"P": "*fp32", "K": "*i32", "R": "constexpr", "C": "constexpr"}, {(2,): 8, (3,): 256}, {},
+              {"num_warps": 4}, "test")
+f = K.compile_one(ln, 90)
+print("PROBLEMS:", K.problems([f]))
+'''
+
+
+def test_the_tier_fails_on_a_kernel_the_interpreter_accepts(tmp_path, repo_root):
+    (tmp_path / "broken.py").write_text(BROKEN)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(repo_root / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-c", CHECK, str(tmp_path)], capture_output=True, text=True, env=env,
+                       timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "broken [R=8, C=256] sm_90" in p.stdout and "Mismatched type for xs" in p.stdout, p.stdout
