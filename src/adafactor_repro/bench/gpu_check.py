@@ -219,7 +219,7 @@ def short_training(s: CheckSettings, out_dir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- kernels
-def kernel_figures(device: torch.device, out_dir: Path) -> tuple[list[tuple], str]:
+def kernel_figures(device: torch.device) -> tuple[list[tuple], str]:
     """The Triton kernels the earlier sections launched, with the registers and spills their loaded cubins
     report (CUDA only), and the compile tier's table (a child process: it needs TRITON_INTERPRET unset and a
     stub driver, which must not replace this process's real one)."""
@@ -241,12 +241,16 @@ def kernel_figures(device: torch.device, out_dir: Path) -> tuple[list[tuple], st
     script = root / "scripts" / "compile_kernels.py"
     if not script.is_file():
         return launched, "(scripts/compile_kernels.py not found: run from a checkout)"
-    out = out_dir / "kernels.md"
+    import tempfile
+
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    p = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True, env=env)
-    if not out.is_file():
-        return launched, f"compile tier failed (exit {p.returncode}): {(p.stderr or p.stdout)[-500:]}"
-    table = "\n".join(line for line in out.read_text().splitlines() if line.startswith("|"))
+    with tempfile.TemporaryDirectory() as d:  # not results/gpu/kernels.md: that one is `make kernels`'
+        out = Path(d) / "kernels.md"
+        p = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True,
+                           env=env, timeout=300)  # fmt: skip
+        if not out.is_file():
+            return launched, f"compile tier failed (exit {p.returncode}): {(p.stderr or p.stdout)[-500:]}"
+        table = "\n".join(line for line in out.read_text().splitlines() if line.startswith("|"))
     status = "" if p.returncode == 0 else f"\n\n**The compile tier reported problems (exit {p.returncode}).**"
     return launched, table + status
 
@@ -342,7 +346,7 @@ def run_check(s: CheckSettings, out: Path, say=print) -> str:
                   f"| {summ.get('updates')} | {summ.get('status')} | {_fmt(summ.get('valid_loss'), '.3f')} | "
                   f"{_fmt(bleu)} | {_fmt(summ.get('tokens_per_s'), ',.0f')} | {summ['seconds']:.0f} |", ""]
 
-    r = section("Triton kernels", lambda: kernel_figures(device, out.parent))
+    r = section("Triton kernels", lambda: kernel_figures(device))
     if r:
         (launched, tier), sec = r
         lines += ["Registers and spills the driver reports for the kernels this check launched "
