@@ -84,6 +84,12 @@ bench-data: $(STAMP) ## Encode throughput, scaling, padding efficiency, peak mem
 bench-train: $(STAMP) ## Training tokens/s and beam search vs a MarianMTModel of the same size
 	$(PY) scripts/bench_train.py $(ARGS)
 
+kernels: $(STAMP) ## Compile every Triton kernel for sm_80/90/100 without a GPU -> results/gpu/kernels.md (fails on errors, spills)
+	$(PY) scripts/compile_kernels.py $(ARGS)
+
+check-pins: ## The torch pin, the triton extra and requirements/torch-triton.txt agree (one triton, torch's)
+	$(PY) -m pytest -q tests/test_pins.py
+
 gpu-check: $(STAMP) ## One GPU, <= 8 min: optimizer step, tokens/s + MFU, host syncs, a short run + BLEU -> results/gpu/check.md
 	$(PY) scripts/gpu_check.py $(ARGS)
 
@@ -91,4 +97,4 @@ clean: ## Remove caches (keeps .venv, data/ and runs/)
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install test lint data train evaluate reproduce tabulate verify bench bench-optim bench-data bench-train gpu-check clean
+.PHONY: help install test lint data train evaluate reproduce tabulate verify bench bench-optim bench-data bench-train kernels check-pins gpu-check clean

@@ -254,7 +254,7 @@ def test_launches_and_torch_ops_per_step_do_not_grow_with_tensors(monkeypatch, n
         def __getitem__(self, grid):
             return lambda *a, **k: launches.append(grid)
 
-    monkeypatch.setattr(_triton, "kernels", lambda: (Stub(), Stub(), Stub()))
+    monkeypatch.setattr(_triton, "kernels", lambda: (Stub(), Stub(), Stub(), Stub()))
     shapes = [(6, 5) if i % 2 else (7,) for i in range(n_tensors)]
     ps = make_params(shapes=shapes)
     opt = Adafactor(ps, lr=torch.tensor(0.01), min_dim_size_to_factor=MIN_DIM, fused="triton")
@@ -264,7 +264,7 @@ def test_launches_and_torch_ops_per_step_do_not_grow_with_tensors(monkeypatch, n
     launches.clear()
     with Count():
         opt.step()
-    assert len(launches) == 3
+    assert len(launches) == 4  # phase 1, 2a (columns; the (6, 5) tensors are factored), 2, 3
     assert Count.ops <= 20, Count.ops
     test_launches_and_torch_ops_per_step_do_not_grow_with_tensors.ops[n_tensors] = Count.ops
     if len(test_launches_and_torch_ops_per_step_do_not_grow_with_tensors.ops) == 2:
@@ -359,3 +359,27 @@ def test_cuda_triton_step_allocates_nothing_and_replays_in_a_cuda_graph():
         oe.step()
     for a, b in zip(pg, pe):
         assert torch.equal(a, b)
+
+
+def test_alignment_hint_only_when_every_pointer_and_row_allows_it(monkeypatch):
+    # ALIGN tells the compiled kernels every pointer is 16-byte aligned and every row length a multiple of 16
+    # elements (128-bit loads); a row of 45 or a view 4 bytes into its storage must turn it off, and new
+    # storage that breaks it must rebuild the plan rather than refresh the pointers.
+    monkeypatch.setattr(_triton, "COLS", 16)  # chunk starts are multiples of COLS
+    kw = dict(lr=0.05, min_dim_size_to_factor=MIN_DIM)
+    ps = make_params(shapes=[(16, 32), (48,)])
+    opt = Adafactor(ps, **kw, fused="triton")
+    for p in ps:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    plan = plan_of(opt)
+    assert plan.aligned
+    base = torch.zeros(48 + 1, device=DEVICE)
+    ps[1].grad = base[1:]  # 4 bytes past an aligned allocation
+    opt.step()
+    assert plan_of(opt) is not plan and not plan_of(opt).aligned
+    odd = make_params(shapes=[(16, 45)])
+    o2 = Adafactor(odd, **kw, fused="triton")
+    odd[0].grad = torch.ones_like(odd[0])
+    o2.step()
+    assert not plan_of(o2).aligned

@@ -8,9 +8,13 @@
 4. A few hundred updates of `transformer_base` through the real loop (`train()`) on the WMT news dev sets
    (`data=wmt14_local_dev`: newstest2008-2012 train, newstest2013 valid), then BLEU on newstest2013.
 
-Targets: >= 40% MFU in bf16 on an H100/H200; Adafactor's training step
-within 5% of Adam's. On CPU the same code runs with `tiny()` settings (tests/test_gpu_check.py), so the check
-cannot rot where no GPU is at hand; its figures then say nothing about a GPU and the file says so.
+5. The Triton kernels: the compile tier's registers, spills and vectorised loads for this GPU's target
+   (bench/kernels.py), and the registers and spills the driver reports for the kernels the step launched.
+
+Targets: >= 40% MFU in bf16 on an H100/H200; Adafactor's training step within 5% of Adam's; the Triton
+Adafactor step (beta1 = 0) <= 0.85x fused Adam's (docs/optimizer.md, "Bytes moved per step"). Without CUDA the
+script refuses; `--smoke` runs the same code with `tiny()` settings on CPU (tests/test_gpu_check.py), so the
+check cannot rot where no GPU is at hand, and the report's title says it is a smoke run.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .syncs import HostSyncCounter
 
 TARGET_MFU = 0.40
 TARGET_ADAFACTOR_OVER_ADAM = 1.05
+TARGET_OPTIM_STEP_OVER_ADAM = 0.85  # the Triton Adafactor step against fused Adam's (the bytes-moved model)
 
 
 @dataclass
@@ -213,6 +218,43 @@ def short_training(s: CheckSettings, out_dir: Path) -> dict:
     return {"overrides": overrides, "run_dir": str(run_dir), "seconds": time.perf_counter() - t0, **summary}
 
 
+# ---------------------------------------------------------------------------------------------- kernels
+def kernel_figures(device: torch.device) -> tuple[list[tuple], str]:
+    """The Triton kernels the earlier sections launched, with the registers and spills their loaded cubins
+    report (CUDA only), and the compile tier's table (a child process: it needs TRITON_INTERPRET unset and a
+    stub driver, which must not replace this process's real one)."""
+    import os
+    import subprocess
+    import sys
+
+    from ..optim import _triton
+
+    launched = []
+    if device.type == "cuda" and _triton.available() and not _triton.interpreting():
+        for fn in _triton.kernels():
+            for cache in getattr(fn, "device_caches", {}).values():
+                for k in cache[0].values():  # device_caches[device][0]: the compiled kernels of that device
+                    k._init_handles()  # loads the cubin; n_regs and n_spills come from the driver
+                    launched.append((fn.fn.__name__, f"num_warps={k.metadata.num_warps}, hash {k.hash[:8]}",
+                                     k.n_regs, k.n_spills))  # fmt: skip
+    root = Path(__file__).resolve().parents[3]
+    script = root / "scripts" / "compile_kernels.py"
+    if not script.is_file():
+        return launched, "(scripts/compile_kernels.py not found: run from a checkout)"
+    import tempfile
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    with tempfile.TemporaryDirectory() as d:  # not results/gpu/kernels.md: that one is `make kernels`'
+        out = Path(d) / "kernels.md"
+        p = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True,
+                           env=env, timeout=300)  # fmt: skip
+        if not out.is_file():
+            return launched, f"compile tier failed (exit {p.returncode}): {(p.stderr or p.stdout)[-500:]}"
+        table = "\n".join(line for line in out.read_text().splitlines() if line.startswith("|"))
+    status = "" if p.returncode == 0 else f"\n\n**The compile tier reported problems (exit {p.returncode}).**"
+    return launched, table + status
+
+
 # ---------------------------------------------------------------------------------------------- report
 def _fmt(x, spec: str = ".2f", none: str = "-") -> str:
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
@@ -226,7 +268,8 @@ def run_check(s: CheckSettings, out: Path, say=print) -> str:
     t_start = time.perf_counter()
     out = Path(out)
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    lines = ["# GPU check", "", f"Machine: {machine_header(torch.get_num_threads())}; device: {gpu or device}.",
+    title = "# GPU check" if device.type == "cuda" else "# GPU check: SMOKE RUN ON CPU (tiny settings, no GPU figures)"
+    lines = [title, "", f"Machine: {machine_header(torch.get_num_threads())}; device: {gpu or device}.",
              f"Command: `make gpu-check` (scripts/gpu_check.py). Model: {_model_config(s)}.", ""]
     if device.type != "cuda":
         lines += ["**No GPU: a smoke run on CPU with tiny settings. These figures say nothing about a GPU.**", ""]
@@ -257,6 +300,11 @@ def run_check(s: CheckSettings, out: Path, say=print) -> str:
                 free = "" if x.get("sync_free") is None else ("yes" if x["sync_free"] else "NO")
                 line += f" {x['peak'] / 1e6:.1f} | {free} | {_fmt(x.get('allocations'), 'd')} |"
             lines.append(line)
+        tri = next((x for x in rows if "beta1=0, Triton" in x["name"]), None)
+        if tri and tri.get("ratio"):
+            ok = tri["ratio"] <= TARGET_OPTIM_STEP_OVER_ADAM
+            lines += ["", f"- Triton Adafactor (beta1=0) / fused Adam step time {tri['ratio']:.3f} (target <= "
+                      f"{TARGET_OPTIM_STEP_OVER_ADAM}: {'met' if ok else 'NOT met'})"]
         lines += ["", f"({sec:.0f} s)", ""]
 
     r = section("Training throughput at the paper's batch", lambda: training_throughput(s, device))
@@ -297,6 +345,16 @@ def run_check(s: CheckSettings, out: Path, say=print) -> str:
                   "| updates | status | valid loss | BLEU (valid) | tokens/s | wall (s) |", "|---:|---|---:|---:|---:|---:|",
                   f"| {summ.get('updates')} | {summ.get('status')} | {_fmt(summ.get('valid_loss'), '.3f')} | "
                   f"{_fmt(bleu)} | {_fmt(summ.get('tokens_per_s'), ',.0f')} | {summ['seconds']:.0f} |", ""]
+
+    r = section("Triton kernels", lambda: kernel_figures(device))
+    if r:
+        (launched, tier), sec = r
+        lines += ["Registers and spills the driver reports for the kernels this check launched "
+                  "(`CompiledKernel.n_regs`, `n_spills`):", "",
+                  "| kernel | specialisation | registers/thread | spills |", "|---|---|---:|---:|"]
+        lines += [f"| {k} | {spec} | {regs} | {sp} |" for k, spec, regs, sp in launched] or ["| (none launched) | | | |"]  # fmt: skip
+        lines += ["", "The compile tier for every target (`make kernels`, no GPU needed):", "", tier, "",
+                  f"({sec:.0f} s)", ""]
 
     lines += [f"Total: {time.perf_counter() - t_start:.0f} s.", ""]
     text = "\n".join(lines)

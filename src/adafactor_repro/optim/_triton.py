@@ -1,4 +1,4 @@
-"""Fused Triton Adafactor: one step of every tensor of the optimizer in three launches (Algorithms 4 and 5 of
+"""Fused Triton Adafactor: one step of every tensor of the optimizer in four launches (Algorithms 4 and 5 of
 Shazeer & Stern 2018, the row-only and column-only estimators of its Section 3, and every switch of
 :class:`~adafactor_repro.optim.Adafactor`), like ``multi_tensor_apply``: a launch covers all tensors through
 tables of pointers and tiles built once, and rebuilt only when parameter or gradient storage changes.
@@ -7,16 +7,22 @@ tables of pointers and tiles built once, and rebuilt only when parameter or grad
         one chunk of an unfactored one. Factored: R_i (Alg. 4) for its rows, its column partial sums of
         G^2 + eps1 and of D_j = sum_i G_ij^2 / R_i, sum R_i and sum X^2. Unfactored: V (Alg. 5), sum U^2 and
         sum X^2.
-    phase 2 (finish, one program per tensor): adds the partials in tile order (no atomics, so the result is
-        deterministic), updates C, and computes mean(R), RMS(U) (sum U^2 = mean(R) sum_j D_j / C_j, as in the C
-        kernel), alpha and the clipping denominator.
+    phase 2a (columns, one program per COLS columns of a matrix): adds the column partials of the matrix's
+        tiles in tile order (no atomics, so the result is deterministic), updates C and sums D_j / C_j over its
+        columns. Spread over column chunks so that no program reads a 32000x512 embedding's 250 tiles of
+        partials alone.
+    phase 2 (finish, one program per tensor): adds the tile and chunk partials (short vectors) and computes
+        mean(R), RMS(U) (sum U^2 = mean(R) sum_j D_j / C_j, as in the C kernel), alpha and the clipping
+        denominator.
     phase 3 (update, one program per tile): X <- X (1 - lr wd) - s G rsqrt(R_i / mean R) rsqrt(C_j), through
         the momentum buffer when beta1 > 0. V-hat is never materialised.
 
 The step counts, lr and beta2t live on the device: the step counts are 0-d views into one float32 vector (so
 one ``add_`` advances them all), beta2t is computed from it in float64 by a few torch ops per parameter group,
 and the lr is written with ``fill_`` (``copy_`` when it is a tensor, which is what CUDA-graph capture needs).
-A step makes no host sync and, after the first, no allocation. With the interpreter (``TRITON_INTERPRET=1``)
+A step makes no host sync and, after the first, no allocation. When every pointer is 16-byte aligned and every
+row length a multiple of 16 elements (``Plan.aligned``, true for Transformer base and big), the kernels are
+told so (``ALIGN``) and the compiler emits 128-bit loads (results/gpu/kernels.md). With the interpreter (``TRITON_INTERPRET=1``)
 the same kernels run on CPU tensors; that is how the tests pin them.
 """
 
@@ -31,9 +37,14 @@ import torch
 # the phase-2 reduction over tiles stays short. The tests shrink these to exercise every loop boundary.
 ROWS, COLS, BLOCK, TILE_ELEMS = 8, 256, 1024, 1 << 16
 _FULL, _FACTORED, _ROW, _COL = 0, 1, 2, 3
-# Tensor-table columns (int64, NT per tensor).
-_X, _G, _S1, _S2, _M, _KIND, _B, _N, _COLS_, _GROUP, _T0, _K, _CBASE, _RBASE = range(14)
-NT = 14
+# Tensor-table columns (int64, NT per tensor; _triton_kernels.NT).
+_X, _G, _S1, _S2, _M, _KIND, _B, _N, _COLS_, _GROUP, _T0, _K, _CBASE, _RBASE, _C0, _KC = range(16)
+NT = 16
+# phase 2a adds KB tiles' column partials at a time.
+KB = 16
+# Warps of the streaming phases 1 and 3: 8 spreads a ROWS x COLS block over 256 threads, so each thread holds
+# fewer values, and fewer registers a thread leave room for more resident warps to hide HBM latency.
+WARPS = 8
 # Hyper-table columns (float32, per group): eps1, eps2, clip (<= 0: off), scale_parameter, beta1, weight_decay,
 # stochastic-rounding seed (an integer below 2^24, exact in float32; < 0: round to nearest).
 NH = 7
@@ -60,10 +71,10 @@ def interpreting() -> bool:
 
 
 def kernels() -> tuple:
-    """The three kernels (phase 1, 2, 3); imports triton on first use."""
+    """The four kernels (phase 1, 2a, 2, 3); imports triton on first use."""
     from . import _triton_kernels as k
 
-    return k.phase1, k.phase2, k.phase3
+    return k.phase1, k.phase2_cols, k.phase2, k.phase3
 
 
 def kind_of(state: dict) -> int:
@@ -91,8 +102,10 @@ class Plan:
         self.steps = torch.stack([st["step"].to(device=dev, dtype=torch.float32) for st in states])
         for i, st in enumerate(states):
             st["step"] = self.steps[i]
-        table, tiles = [], []
+        table, tiles, chunks = [], [], []
         colp = rmean = 0
+        # 16-byte alignment of every pointer and row lengths in multiples of 16 elements: the ALIGN hint.
+        aligned = True
         for i, (p, st) in enumerate(zip(params, states)):
             kind = kind_of(st)
             mom = st["exp_avg"].data_ptr() if "exp_avg" in st else 0
@@ -103,6 +116,7 @@ class Plan:
                 t0 = len(tiles)
                 tiles += [(i, j * per, min(per, m - j * per), -1) for j in range(k)]
                 s1, s2, cb, rb = st["exp_avg_sq"].data_ptr(), 0, 0, 0
+                c0 = kc = 0
             else:
                 rows_, m = p.shape[-2], p.shape[-1]
                 nb = p.numel() // (rows_ * m)
@@ -120,11 +134,18 @@ class Plan:
                 rmean += nb
                 s1 = st["exp_avg_sq_row"].data_ptr() if kind in (_FACTORED, _ROW) else 0
                 s2 = st["exp_avg_sq_col"].data_ptr() if kind in (_FACTORED, _COL) else 0
-            table.append([p.data_ptr(), p.grad.data_ptr(), s1, s2, mom, kind, nb, rows_, m, group_ids[i], t0, k,
-                          cb, rb])  # fmt: skip
+                c0, kc = len(chunks), (-(-m // cols) if need_cols else 0)
+                chunks += [(i, b, j * cols) for b in range(nb) for j in range(kc)]
+            ptrs = (p.data_ptr(), p.grad.data_ptr(), s1, s2, mom)
+            aligned = aligned and m % 16 == 0 and all(q % 16 == 0 for q in ptrs)
+            table.append([*ptrs, kind, nb, rows_, m, group_ids[i], t0, k, cb, rb, c0, kc])
         f32 = dict(dtype=torch.float32, device=dev)
         self.table = _upload(torch.tensor(table, dtype=torch.int64).reshape(n, NT), dev)
         self.tiles = _upload(torch.tensor(tiles, dtype=torch.int64).reshape(len(tiles), 4), dev)
+        self.chunks = _upload(torch.tensor(chunks, dtype=torch.int64).reshape(len(chunks), 3), dev)
+        self.n_chunks = len(chunks)
+        self.dpart = torch.empty(max(len(chunks), 1), **f32)
+        self.aligned = aligned and cols % 16 == 0 and block % 16 == 0  # tile and chunk starts too
         self.tile_list = tiles  # host copies, for the pointer refresh and the ownership check
         self.meta = table
         self.n_tiles = len(tiles)
@@ -159,6 +180,8 @@ class Plan:
             return False
         ptrs = pointers(params)
         if ptrs != self.ptrs:
+            if self.aligned and any(q % 16 for pair in ptrs for q in pair):
+                return False  # the kernels were told every pointer is 16-byte aligned
             for row, p in zip(self.meta, params):
                 row[_X], row[_G] = p.data_ptr(), p.grad.data_ptr()
             _upload(torch.tensor(self.meta, dtype=torch.int64).reshape(self.n, NT), self.table.device, self.table)
@@ -166,7 +189,7 @@ class Plan:
         return True
 
     def step(self, groups: list) -> None:
-        """One step of every tensor of the plan: a handful of torch ops for the device scalars, three launches."""
+        """One step of every tensor of the plan: a handful of torch ops for the device scalars, four launches."""
         self.steps.add_(1.0)
         for g, (lr_out, steps, t, w, b2, b2_out, omb2_out) in self.views.items():
             group = groups[g]
@@ -187,14 +210,17 @@ class Plan:
                 b2.mul_(-1.0).add_(1.0).mul_(beta).div_(w)
             b2_out.copy_(b2)
             omb2_out.copy_(torch.mul(b2, -1.0, out=w).add_(1.0))
-        k1, k2, k3 = kernels()
-        consts = dict(X_BF16=self.x_bf16, G_BF16=self.g_bf16)
-        k1[(self.n_tiles,)](self.table, self.tiles, self.b2, self.hyp, self.part, self.colp, **consts,
-                            ROWS=self.rows, COLS=self.cols, BLOCK=self.block)  # fmt: skip
-        k2[(self.n,)](self.table, self.b2, self.hyp, self.lr, self.part, self.colp, self.rmean, self.scale, self.out,
-                      self.n, COLS=self.cols, BLOCK=self.block)  # fmt: skip
+        k1, k2a, k2, k3 = kernels()
+        consts = dict(X_BF16=self.x_bf16, G_BF16=self.g_bf16, ROWS=self.rows, COLS=self.cols, BLOCK=self.block,
+                      ALIGN=self.aligned)  # fmt: skip
+        k1[(self.n_tiles,)](self.table, self.tiles, self.b2, self.hyp, self.part, self.colp, **consts, num_warps=WARPS)
+        if self.n_chunks:  # no factored or column-only tensor: nothing to launch
+            k2a[(self.n_chunks,)](self.table, self.chunks, self.b2, self.colp, self.dpart, COLS=self.cols, KB=KB,
+                                  ALIGN=self.aligned)  # fmt: skip
+        k2[(self.n,)](self.table, self.hyp, self.lr, self.part, self.dpart, self.rmean, self.scale, self.out, self.n,
+                      BLOCK=self.block)  # fmt: skip
         k3[(self.n_tiles,)](self.table, self.tiles, self.hyp, self.lr, self.scale, self.rmean, self.steps, **consts,
-                            ROWS=self.rows, COLS=self.cols, BLOCK=self.block)  # fmt: skip
+                            num_warps=WARPS)  # fmt: skip
 
 
 def pointers(params: list) -> tuple:

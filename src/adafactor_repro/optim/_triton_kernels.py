@@ -3,7 +3,8 @@
 Kept apart from _triton.py so that triton is imported only when a Triton step runs: ``triton.jit`` and
 triton's own library functions fix the mode (compiled, or interpreted under TRITON_INTERPRET=1) when they are
 imported. Tensor-table columns: x, g, R|V, C, momentum, kind (0 full, 1 factored, 2 row-only, 3 column-only),
-B, n, m, group, first tile, tiles (per matrix when factored), column-partials base, mean(R) base. Hyper-table
+B, n, m, group, first tile, tiles (per matrix when factored), column-partials base, mean(R) base, first column
+chunk, column chunks per matrix. Chunk-table columns: tensor, matrix, first column. Hyper-table
 columns (per group): eps1, eps2, clip (<= 0: off), scale_parameter, beta1, weight_decay, rounding seed (< 0:
 round to nearest).
 """
@@ -11,19 +12,7 @@ round to nearest).
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _param_pointers(row, X_BF16: tl.constexpr, G_BF16: tl.constexpr):
-    """The parameter and gradient pointers of a tensor-table row, typed by the plan's dtypes."""
-    if X_BF16:
-        xp = tl.load(row + 0).to(tl.pointer_type(tl.bfloat16))
-    else:
-        xp = tl.load(row + 0).to(tl.pointer_type(tl.float32))
-    if G_BF16:
-        gp = tl.load(row + 1).to(tl.pointer_type(tl.bfloat16))
-    else:
-        gp = tl.load(row + 1).to(tl.pointer_type(tl.float32))
-    return xp, gp
+NT: tl.constexpr = tl.constexpr(16)  # tensor-table columns (_triton.NT)
 
 
 @triton.jit
@@ -47,25 +36,45 @@ def _store_param(xp, idx, x, mask, seed, sr_seed, X_BF16: tl.constexpr):
 
 @triton.jit
 def phase1(T, TILES, B2, HYP, PART, COLP, X_BF16: tl.constexpr, G_BF16: tl.constexpr, ROWS: tl.constexpr,
-            COLS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+            COLS: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr):  # fmt: skip
     tile = tl.program_id(0)
     ti = tl.load(TILES + tile * 4)
     r0 = tl.load(TILES + tile * 4 + 1)
     nr = tl.load(TILES + tile * 4 + 2)
     coff = tl.load(TILES + tile * 4 + 3)
-    row = T + ti * 14
-    xp, gp = _param_pointers(row, X_BF16, G_BF16)
+    row = T + ti * NT
+    # The pointers are typed by the plan's dtypes. Loaded from an int64 table they carry no alignment, so every
+    # load would stay scalar; with ALIGN (Plan.aligned checked every pointer on the host) the compiler is told
+    # they are 16-byte aligned. The hints sit in the kernel body: on a helper's result they are lost on inlining.
+    xp = tl.load(row + 0).to(tl.pointer_type(tl.bfloat16 if X_BF16 else tl.float32))
+    gp = tl.load(row + 1).to(tl.pointer_type(tl.bfloat16 if G_BF16 else tl.float32))
     s1 = tl.load(row + 2).to(tl.pointer_type(tl.float32))
     kind = tl.load(row + 5)
     m = tl.load(row + 8)
+    if ALIGN:
+        xp = tl.multiple_of(xp, 16)
+        gp = tl.multiple_of(gp, 16)
+        s1 = tl.multiple_of(s1, 16)
+        # Row lengths (numel when unfactored) are multiples of 16 elements: every 4 (fp32) or 8 (bf16) lanes
+        # share one mask bit and one 16-byte line -> v4 loads.
+        m = tl.multiple_of(m, 16)
     grp = tl.load(row + 9)
     b2 = tl.load(B2 + ti * 2)
     omb2 = tl.load(B2 + ti * 2 + 1)
     eps1 = tl.load(HYP + grp * 7)
     if kind == 0:
         # Algorithm 5 on elements [r0, r0 + nr): V, sum U^2 = sum G^2 / V, sum X^2.
+        # Names apart from the other branch's: `kind` is a runtime value, so the compiler types both branches
+        # and rejects a variable that is [BLOCK] in one and [ROWS, COLS] in the other (the interpreter never
+        # checks this; tests/test_kernels_compile.py does).
         su = tl.zeros([BLOCK], dtype=tl.float32)
-        xs = tl.zeros([BLOCK], dtype=tl.float32)
+        xs1 = tl.zeros([BLOCK], dtype=tl.float32)
+        if ALIGN:
+            # An unfactored tile starts at a multiple of BLOCK and holds a multiple of 16 elements, so these
+            # are the same values, in a form the compiler can see is divisible by 16. (tl.multiple_of would
+            # mark the load of r0 / nr itself, so the factored branch, where they count rows, too.)
+            r0 = r0 // 16 * 16
+            nr = nr // 16 * 16
         for off in range(0, nr, BLOCK):
             lane = off + tl.arange(0, BLOCK)
             mask = lane < nr
@@ -76,9 +85,9 @@ def phase1(T, TILES, B2, HYP, PART, COLP, X_BF16: tl.constexpr, G_BF16: tl.const
             tl.store(s1 + idx, v, mask=mask)
             u = g / tl.sqrt(v)
             su += tl.where(mask, u * u, 0.0)
-            xs += x * x
+            xs1 += x * x
         tl.store(PART + tile * 2, tl.sum(su, axis=0))
-        tl.store(PART + tile * 2 + 1, tl.sum(xs, axis=0))
+        tl.store(PART + tile * 2 + 1, tl.sum(xs1, axis=0))
     else:
         # Rows [r0, r0 + nr) of the flattened B*n rows (a tile never straddles two matrices), ROWS at a time.
         # Column partials live in this tile's own slice of COLP: sum_i (G^2 + eps1) at [coff, coff + m),
@@ -153,9 +162,60 @@ def _sum_partials(PART, t0, k, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def phase2(T, B2, HYP, LR, PART, COLP, RMEAN, SCALE, OUT, n_tensors, COLS: tl.constexpr, BLOCK: tl.constexpr):
+def _sum_vec(P, c0, k, BLOCK: tl.constexpr):
+    """P[c0] + ... + P[c0 + k - 1], in a fixed order (deterministic)."""
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for kb in range(0, k, BLOCK):
+        lane = kb + tl.arange(0, BLOCK)
+        acc += tl.load(P + c0 + lane, mask=lane < k, other=0.0)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def phase2_cols(T, CHUNKS, B2, COLP, DPART, COLS: tl.constexpr, KB: tl.constexpr, ALIGN: tl.constexpr):
+    """One program per COLS columns of one matrix (factored and column-only tensors): the column statistic
+    C_j <- b2 C_j + (1 - b2) colmean(G^2 + eps1) (Alg. 4), from the column partials of the matrix's k tiles, and
+    this chunk's share of sum_j D_j / C_j. Spread over chunks, not one program per tensor: a 32000x512
+    embedding has 250 tiles x 512 columns of partials, which one program would read serially."""
+    ci = tl.program_id(0)
+    ti = tl.load(CHUNKS + ci * 3)
+    b = tl.load(CHUNKS + ci * 3 + 1)
+    c0 = tl.load(CHUNKS + ci * 3 + 2)
+    row = T + ti * NT
+    s2 = tl.load(row + 3).to(tl.pointer_type(tl.float32))
+    n = tl.load(row + 7)
+    m = tl.load(row + 8)
+    k = tl.load(row + 11)
+    cbase = tl.load(row + 12)
+    b2 = tl.load(B2 + ti * 2)
+    omb2 = tl.load(B2 + ti * 2 + 1)
+    if ALIGN:  # row lengths are multiples of 16, so are the partials' offsets (sums of 2 m k terms)
+        s2 = tl.multiple_of(s2, 16)
+        m = tl.multiple_of(m, 16)
+        cbase = tl.multiple_of(cbase, 16)
+        c0 = tl.multiple_of(c0, 16)  # a multiple of COLS (Plan: ALIGN only when COLS % 16 == 0)
+    cols = c0 + tl.arange(0, COLS)
+    cmask = cols < m
+    cq = tl.zeros([COLS], dtype=tl.float32)
+    dq = tl.zeros([COLS], dtype=tl.float32)
+    # KB tiles' partials at a time, [KB, COLS] blocks: the tile sums add in a fixed order (no atomics).
+    for j0 in range(0, k, KB):
+        js = j0 + tl.arange(0, KB)
+        off = cbase + (b * k + js) * 2 * m
+        mask = (js < k)[:, None] & cmask[None, :]
+        cq += tl.sum(tl.load(COLP + off[:, None] + cols[None, :], mask=mask, other=0.0), axis=0)
+        dq += tl.sum(tl.load(COLP + off[:, None] + m + cols[None, :], mask=mask, other=0.0), axis=0)
+    c = b2 * tl.load(s2 + b * m + cols, mask=cmask, other=1.0) + omb2 * (cq / n)
+    tl.store(s2 + b * m + cols, c, mask=cmask)
+    tl.store(DPART + ci, tl.sum(dq / tl.where(cmask, c, 1.0), axis=0))  # dq is 0 past the last column
+
+
+@triton.jit
+def phase2(T, HYP, LR, PART, DPART, RMEAN, SCALE, OUT, n_tensors, BLOCK: tl.constexpr):
+    """One program per tensor: adds its tiles' and column chunks' partials (short vectors), then mean(R),
+    RMS(U), alpha and the clipping denominator."""
     ti = tl.program_id(0)
-    row = T + ti * 14
+    row = T + ti * NT
     kind = tl.load(row + 5)
     nb = tl.load(row + 6)
     n = tl.load(row + 7)
@@ -163,16 +223,14 @@ def phase2(T, B2, HYP, LR, PART, COLP, RMEAN, SCALE, OUT, n_tensors, COLS: tl.co
     grp = tl.load(row + 9)
     t0 = tl.load(row + 10)
     k = tl.load(row + 11)
-    cbase = tl.load(row + 12)
     rbase = tl.load(row + 13)
-    b2 = tl.load(B2 + ti * 2)
-    omb2 = tl.load(B2 + ti * 2 + 1)
+    c0 = tl.load(row + 14)
+    kc = tl.load(row + 15)
     su = 0.0
     xs = 0.0
     if kind == 0:
         su, xs = _sum_partials(PART, t0, k, BLOCK)
     else:
-        s2 = tl.load(row + 3).to(tl.pointer_type(tl.float32))
         for b in range(0, nb):
             agg, xb = _sum_partials(PART, t0 + b * k, k, BLOCK)
             xs += xb
@@ -182,24 +240,11 @@ def phase2(T, B2, HYP, LR, PART, COLP, RMEAN, SCALE, OUT, n_tensors, COLS: tl.co
             if kind == 2:
                 su += agg
             else:
-                # C_j <- b2 C_j + (1 - b2) colmean(G^2 + eps1), the column partials added in tile order.
-                dsum = tl.zeros([COLS], dtype=tl.float32)
-                for cb in range(0, m, COLS):
-                    cols = cb + tl.arange(0, COLS)
-                    cmask = cols < m
-                    cq = tl.zeros([COLS], dtype=tl.float32)
-                    dq = tl.zeros([COLS], dtype=tl.float32)
-                    for j in range(0, k):
-                        off = cbase + (b * k + j) * 2 * m
-                        cq += tl.load(COLP + off + cols, mask=cmask, other=0.0)
-                        dq += tl.load(COLP + off + m + cols, mask=cmask, other=0.0)
-                    c = b2 * tl.load(s2 + b * m + cols, mask=cmask, other=1.0) + omb2 * (cq / n)
-                    tl.store(s2 + b * m + cols, c, mask=cmask)
-                    dsum += dq / tl.where(cmask, c, 1.0)  # dq is 0 past the last column
+                dsum = _sum_vec(DPART, c0 + b * kc, kc, BLOCK)
                 if kind == 1:
-                    su += rmean * tl.sum(dsum, axis=0)  # sum U^2 = mean(R) sum_j D_j / C_j
+                    su += rmean * dsum  # sum U^2 = mean(R) sum_j D_j / C_j
                 else:
-                    su += tl.sum(dsum, axis=0)
+                    su += dsum
     numel = (nb * n * m).to(tl.float32)
     rms_u = tl.sqrt(su / numel)
     rms_x = tl.sqrt(xs / numel)
@@ -218,19 +263,27 @@ def phase2(T, B2, HYP, LR, PART, COLP, RMEAN, SCALE, OUT, n_tensors, COLS: tl.co
 
 @triton.jit
 def phase3(T, TILES, HYP, LR, SCALE, RMEAN, STEPS, X_BF16: tl.constexpr, G_BF16: tl.constexpr,
-            ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+            ROWS: tl.constexpr, COLS: tl.constexpr, BLOCK: tl.constexpr, ALIGN: tl.constexpr):  # fmt: skip
     tile = tl.program_id(0)
     ti = tl.load(TILES + tile * 4)
     r0 = tl.load(TILES + tile * 4 + 1)
     nr = tl.load(TILES + tile * 4 + 2)
-    row = T + ti * 14
-    xp, gp = _param_pointers(row, X_BF16, G_BF16)
+    row = T + ti * NT
+    xp = tl.load(row + 0).to(tl.pointer_type(tl.bfloat16 if X_BF16 else tl.float32))
+    gp = tl.load(row + 1).to(tl.pointer_type(tl.bfloat16 if G_BF16 else tl.float32))
     s1 = tl.load(row + 2).to(tl.pointer_type(tl.float32))
     s2 = tl.load(row + 3).to(tl.pointer_type(tl.float32))
     mp = tl.load(row + 4).to(tl.pointer_type(tl.float32))
     kind = tl.load(row + 5)
     n = tl.load(row + 7)
     m = tl.load(row + 8)
+    if ALIGN:  # as in phase1
+        xp = tl.multiple_of(xp, 16)
+        gp = tl.multiple_of(gp, 16)
+        s1 = tl.multiple_of(s1, 16)
+        s2 = tl.multiple_of(s2, 16)
+        mp = tl.multiple_of(mp, 16)
+        m = tl.multiple_of(m, 16)
     grp = tl.load(row + 9)
     rbase = tl.load(row + 13)
     s = tl.load(SCALE + ti)
@@ -241,6 +294,9 @@ def phase3(T, TILES, HYP, LR, SCALE, RMEAN, STEPS, X_BF16: tl.constexpr, G_BF16:
     # Stochastic rounding of bf16 parameters: one Philox stream per (seed, tensor, step), indexed by element.
     sr_seed = (seed.to(tl.int64) * 1000003 + ti * 7919 + tl.load(STEPS + ti).to(tl.int64)) & 0x7FFFFFFF
     if kind == 0:
+        if ALIGN:  # as in phase1: the same values, visibly multiples of 16
+            r0 = r0 // 16 * 16
+            nr = nr // 16 * 16
         for off in range(0, nr, BLOCK):
             lane = off + tl.arange(0, BLOCK)
             mask = lane < nr

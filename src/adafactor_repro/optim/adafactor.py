@@ -16,7 +16,7 @@ One step for a parameter X with gradient G at 1-based step t (Algorithms 4 and 5
     beta1 = 0:  X <- X - alpha U-hat                                   (no momentum buffer at all)
     weight_decay (not in the paper, default off): X <- X - lr weight_decay X, decoupled, before the update.
 
-Three implementations compute this: a fused Triton kernel family for CUDA tensors (_triton.py, three launches
+Three implementations compute this: a fused Triton kernel family for CUDA tensors (_triton.py, four launches
 per step for all tensors), a fused C kernel for fp32 contiguous CPU tensors (_kernel.c, two memory passes per
 tensor) and an eager torch path for everything else (bf16 on CPU, no compiler, ``torch.compile``). All work
 on fp32 statistics whatever the parameter dtype, keep every quantity on the parameter's device, and never
