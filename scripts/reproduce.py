@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     committed = results_dir == (ROOT / "results" / args.scale).resolve()
     if args.tabulate == "yes" or (args.tabulate == "auto" and not (subset and committed)):
         sh([py, "scripts/make_report.py", "--scale", args.scale,
-            "--runs", rel(published if args.launcher == "local" else runs_dir), "--out", rel(results_dir)],
-           args.dry_run)
+            "--runs", rel(published if args.launcher == "local" else runs_dir), "--out", rel(results_dir),
+            *(["--", *extra] if extra else [])], args.dry_run)
     elif args.tabulate == "no":
         say(f"tables and plots not rebuilt (--tabulate no); {n_done} cell(s) run, published under {rel(published)}/")
     else:

@@ -111,11 +111,12 @@ def mismatch(run: Run, root: str | Path, cell: tuple[str, str, str, int] | None 
     return problems
 
 
-def provenance(runs: list[Run]) -> dict[str, Any]:
-    """The data artifact and commit a table's runs share, and the runs that differ from the majority.
+def provenance(runs: list[Run], expect: dict | None = None) -> dict[str, Any]:
+    """The data artifact and commit a table's runs share, and the runs that differ from the majority (or from
+    `expect`, another table's provenance: the twin reported beside a table must share its data and code).
 
     {"artifact": (key, spm_sha256), "commit": sha, "odd": {run name: reason}} - a table is built from the
-    runs that are not odd (the majority), and says which it left out."""
+    runs that are not odd, and says which it left out."""
     def art(r: Run) -> tuple[str | None, str | None]:
         a = r.config.get("data_artifact") or {}
         return a.get("key"), a.get("spm_sha256")
@@ -124,6 +125,8 @@ def provenance(runs: list[Run]) -> dict[str, Any]:
     commits = Counter(r.summary.get("git_commit") for r in runs)
     artifact = arts.most_common(1)[0][0] if arts else (None, None)
     commit = commits.most_common(1)[0][0] if commits else None
+    if expect is not None:
+        artifact, commit = tuple(expect["artifact"]), expect["commit"]
     odd = {}
     for r in runs:
         why = []
