@@ -69,3 +69,29 @@ def test_provenance_names_the_runs_of_other_data_or_code(tmp_path):
     assert p["artifact"] == ("k1", "s1") and p["commit"] == "abc"
     assert set(p["odd"]) == {"y-no_warmup-s1", "z-no_warmup-s1"}
     assert "data artifact k2" in p["odd"]["y-no_warmup-s1"] and "commit old" in p["odd"]["z-no_warmup-s1"]
+
+
+def test_make_report_tabulates_only_runs_that_are_their_cell_and_lists_the_rest(repo_root, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_report_cells", repo_root / "scripts" / "make_report.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = tmp_path / "runs"
+    for sched in ("warmup", "no_warmup"):
+        flat = canonical_config("cpu", "table2_B", sched, 1, repo_root)
+        d = _write_run(runs, f"table2_B-{sched}-s1", flat, schedule=sched)
+        (d / "bleu.json").write_text(json.dumps({"test": {"bleu": 20.0 if sched == "warmup" else 10.0}}))
+    toy = {**canonical_config("cpu", "table2_A", "warmup", 1, repo_root), "trainer.max_update": 20}
+    (_write_run(runs, "table2_A-warmup-s1", toy, schedule="warmup") / "bleu.json").write_text('{"test": {"bleu": 30}}')
+    other = canonical_config("cpu", "table2_C", "warmup", 1, repo_root)
+    (_write_run(runs, "table2_C-warmup-s1", other, schedule="warmup", commit="zzz") / "bleu.json").write_text(
+        '{"test": {"bleu": 5}}')
+    assert mod.main(["--runs", str(runs), "--out", str(tmp_path / "out"), "--twin", str(tmp_path / "none")]) == 0
+    err = capsys.readouterr().err
+    assert "left out table2_A-warmup-s1: not its cell: trainer.max_update: 20 != 1000" in err
+    assert "left out table2_C-warmup-s1: commit zzz != abc" in err
+    md = (tmp_path / "out" / "table2.md").read_text()
+    assert "- runs: 2 tabulated, trained at commit abc on data artifact k1 (spm.model sha256 s1); 2 left out" in md
+    assert "| A |" not in md and "| C |" not in md and "| B |" in md  # the toy A (BLEU 30) did not set the line
+    assert "## Runs left out" in md and "`table2_A-warmup-s1`: not its cell: trainer.max_update: 20 != 1000" in md
