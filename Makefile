@@ -67,6 +67,9 @@ reproduce: $(STAMP) ## The paper's Table 2 at SCALE (SWEEP=table2: every cell, 3
 tabulate: $(STAMP) ## Rebuild results/<scale>/ tables and plots from the committed runs (results/<scale>/runs)
 	$(PY) scripts/make_report.py --scale $(SCALE) $(ARGS)
 
+verify-sample: $(STAMP) ## Retrain SAMPLE (5) committed runs drawn with SEED (1) and compare them bit for bit
+	$(PY) scripts/verify_run.py results/$(SCALE)/runs --sample $(or $(SAMPLE),5) --sample-seed $(or $(SEED),1) $(ARGS)
+
 rescore: $(STAMP) ## Recompute every committed BLEU and chrF from the gzipped hypotheses; check bleu.json and the tables
 	$(PY) scripts/rescore.py --scale $(SCALE) $(ARGS)
 

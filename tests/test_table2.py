@@ -264,6 +264,15 @@ def test_verify_run_retrains_a_committed_run_bit_for_bit(tmp_path, make_cfg, toy
     assert mod.main([str(run), "--updates", "10", "--", *same]) == 1
     assert mod.main([str(run), "--updates", "10", "--rtol", "1e-6", "--", *same]) == 0  # 1e-6 in ~8: 1.3e-7
     assert json.loads((run / "summary.json").read_text())["cpu"]  # the machine that trained it, for the message
+    # the same losses on other data are not a verification: the tokenizer's content is compared too
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data_artifact"]["spm_sha256"] = "0" * 64
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert mod.main([str(run), "--updates", "10", "--rtol", "1e-6", "--", *same]) == 1
+    # --sample draws from a folder of runs with a printed seed
+    assert mod.main([str(tmp_path), "--sample", "1", "--updates", "10", "--rtol", "1e-6", "--", *same]) == 1
 
 
 def test_the_step_column_shows_the_step_each_scale_ran(tmp_path, repo_root):
