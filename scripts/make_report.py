@@ -173,12 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             + table2.to_wide_markdown(summary["rows"]))
     twin_root = args.twin or (ROOT / "results" / "cpu_prenorm" / "runs" if args.scale == "cpu" else None)
     twin = twin_section(twin_root, overrides, not args.no_cell_check, prov) if twin_root else ""
-    made = []
-    if summary["rows"]:
-        atomic_write_text(out / "table2.md", t2_header + "\n\n" + wide + "\n## Every cell\n\n"
-                          + table2.to_markdown(summary["rows"], summary["cells"]) + twin + left_out_section(left))
-        atomic_write_text(out / "table2.csv", table2.to_csv(summary["rows"]))
-        made += [out / "table2.md", out / "table2.csv"]
+    atomic_write_text(out / "table2.md", t2_header + "\n\n" + wide + "\n## Every cell\n\n"
+                      + table2.to_markdown(summary["rows"], summary["cells"]) + twin + left_out_section(left))
+    atomic_write_text(out / "table2.csv", table2.to_csv(summary["rows"]))
+    made = [out / "table2.md", out / "table2.csv"]
     t3_rows = table3.cell_rows(runs, split)
     if t3_rows:
         t3_header = "\n".join([

@@ -81,7 +81,8 @@ def test_tabulate_script_writes_table_and_plots(tmp_path, repo_root, capsys):
     _fake_run(runs_root, repo_root, "afx_clip", "no_warmup", status="completed", bleu=25.0)
     _fake_run(runs_root, repo_root, "afx_adam", "no_warmup", status="diverged", diverged_at=7)
     out = tmp_path / "results"
-    assert tab.main(["--runs", str(runs_root), "--out", str(out), "--note", "partial"]) == 0
+    # an ad-hoc folder of runs (named without seeds, configs written by hand): tabulated as they are
+    assert tab.main(["--runs", str(runs_root), "--out", str(out), "--note", "partial", "--no-cell-check"]) == 0
     md = (out / "runs.md").read_text()
     assert md.startswith("# Every run") and "- note: partial" in md and "- commit:" in md
     assert md.count("\n| afx_") == 3
