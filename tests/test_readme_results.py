@@ -66,3 +66,24 @@ def test_readme_agreement_and_run_count_match():
     if stated:
         assert int(stated.group(1)) == runs and runs < total, (
             f"README.md says {stated.group(1)} of {total} runs; results/cpu/table2.md tabulates {runs}")
+
+
+TABLE3 = ROOT / "results" / "cpu" / "table3.md"
+
+
+@pytest.mark.skipif(not TABLE3.exists(), reason="no committed cpu Table 3")
+def test_readme_table3_is_the_committed_table3():
+    def block(text: str) -> list[str]:  # the contiguous table from its header line
+        lines = text.splitlines()
+        i = next(k for k, line in enumerate(lines) if line.startswith("| scheme | init_sigma"))
+        out = []
+        for line in lines[i:]:
+            if not line.startswith("|"):
+                break
+            out.append(line)
+        return out
+
+    assert block(results_section()) == block(TABLE3.read_text()), (
+        "README.md's Table 3 differs from results/cpu/table3.md: copy the '| scheme | init_sigma' block over")
+    claim = re.search(r"\*\*The paper's claim.*?: (`unit`: \w+; `small`: \w+)", TABLE3.read_text())
+    assert claim and claim.group(1) in results_section(), "README.md's Table 3 claim line differs from table3.md's"
