@@ -162,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         " each run's bleu.json. The two BLEU columns are on different corpora and model sizes: compare verdicts"
         " (collapsed / trains), not numbers.",
         "- bleu_mean, bleu_sd over seeds (`seeds_bleu` lists them); opt_state_B_per_param: optimizer state bytes"
-        " per model parameter (exact).",
+        " per model parameter (exact); distinct_hyps_mean: the fraction of distinct lines among a run's"
+        " hypotheses (a diagnostic, not a verdict: ~1 translating, a few % when the model writes one sentence"
+        " for every source, 0.001 when every line is empty).",
         "- step, paper: the paper's step at d_model 512; step, ours (`step_run`): the step these runs took, from"
         " their resolved config (optim.lr x rsqrt(schedule.d_model) x s_t: the experiments write an absolute"
         " step as k x sqrt(512), so a narrower model takes a larger multiple of s_t, e.g. 0.2 s_t at d_model"

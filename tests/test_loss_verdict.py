@@ -29,8 +29,16 @@ def test_loss_verdict_progress_agreement_and_fragile(tmp_path):
     _run(tmp_path, "A", "no_warmup", 1, 0.0, 5.95)
     _run(tmp_path, "A", "no_warmup", 2, 3.0, 4.3)
     _run(tmp_path, "A", "no_warmup", 3, None, None, status="diverged")
+    import gzip
+
+    # the warmup seeds translate (every line its own), the learning no-warmup seed writes one sentence twice
+    for seed, lines in ((1, ["a b", "c d", "e f", "g h"]), (2, ["a b", "c d", "e f", "g h"])):
+        (tmp_path / f"table2_A-warmup-s{seed}" / "hyp.test.txt.gz").write_bytes(gzip.compress(
+            "".join(x + "\n" for x in lines).encode()))
+    (tmp_path / "table2_A-no_warmup-s2" / "hyp.test.txt.gz").write_bytes(gzip.compress(b"x y\nx y\nx y\nz\n"))
     s = table2.summarize(find_runs(tmp_path))
     w, nw = s["rows"]
+    assert w["distinct_hyps_mean"] == "1.00" and nw["distinct_hyps_mean"] == "0.50"  # the seeds that have them
     assert w["progress_mean"] == "1.00" and w["loss_verdict"] == "trains" and w["fragile"] == "no"
     f = [(5.9 - 5.95) / 2.35, (5.9 - 4.3) / 2.35, 0.0]
     assert nw["progress_mean"] == f"{sum(f) / 3:.2f}" and nw["seeds_progress"] == "s1:-0.02 s2:0.68 s3:0.00"

@@ -177,6 +177,9 @@ def cell_rows(cells: list[Cell], split: str, fraction: float = COLLAPSE_FRACTION
             "loss_verdict": loss_verdict,
             "loss_agrees": "-" if loss_collapsed is None else ("yes" if loss_collapsed == paper_collapsed else "no"),
             "fragile": "yes" if fragile else "no",
+            "distinct_hyps_mean": _f(statistics.fmean(d) if (d := [x for r in c.runs
+                                                                 if (x := r.distinct_hypotheses(split)) is not None])
+                                     else None),
             "seeds_bleu": " ".join(f"s{run_seed(r)}:{b:.2f}" for r, b in zip(c.runs, c.bleus)),
             "valid_ppl_mean": _f(statistics.fmean([r.summary["valid_ppl"] for r in c.runs
                                                     if isinstance(r.summary.get("valid_ppl"), (int, float))] or [math.nan]), ".4g"),
@@ -207,7 +210,7 @@ def sensitivity(cells: list[Cell], split: str) -> dict[float, dict[str, tuple[in
 # The markdown table shows these columns (the CSV has them all).
 MD_COLUMNS = ["row", "schedule", "factored", "beta1", "beta2", "clip_d", "step", "step_run", "paper_bleu", "paper_verdict",
               "bleu_mean", "bleu_sd", "n_seeds", "verdict", "agrees", "seeds_bleu", "progress_mean", "loss_verdict",
-              "loss_agrees", "fragile", "opt_state_B_per_param"]
+              "loss_agrees", "fragile", "distinct_hyps_mean", "opt_state_B_per_param"]
 
 
 def to_markdown(rows: list[dict[str, str]], cells: list[Cell]) -> str:

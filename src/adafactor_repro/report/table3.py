@@ -67,6 +67,9 @@ def cell_rows(runs: list[Run], split: str = "test") -> list[dict[str, str]]:
                 "paper_drop_vs_scaled": _f(p_base - p, ".1f"),
                 "valid_nll_mean": _f(statistics.fmean(nll) if nll and None not in nll else None, ".3f"),
                 "n_diverged": str(sum(r.summary.get("status") == "diverged" for _, _, r in seeds)),
+                "distinct_hyps_mean": _f(statistics.fmean(d) if (d := [x for _, _, r in seeds
+                                                                     if (x := r.distinct_hypotheses(split)) is not None])
+                                         else None),
                 "split": split,
             })
     return rows
@@ -87,7 +90,8 @@ def claim(rows: list[dict[str, str]]) -> dict[str, str]:
 
 
 COLUMNS = ["scheme", "init_sigma", "multiplier", "optimizer", "paper_bleu", "bleu_mean", "bleu_sd", "n_seeds",
-           "seeds_bleu", "paper_drop_vs_scaled", "drop_vs_scaled", "valid_nll_mean", "n_diverged"]
+           "seeds_bleu", "paper_drop_vs_scaled", "drop_vs_scaled", "valid_nll_mean", "n_diverged",
+           "distinct_hyps_mean"]
 
 
 def to_markdown(rows: list[dict[str, str]]) -> str:
