@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from adafactor_repro.model import Transformer, TransformerConfig
+from adafactor_repro.train.distributed import cleanup
 from adafactor_repro.train.step import train_step
 
 V, UPDATES = 40, 3
@@ -66,13 +67,15 @@ def _worker(rank: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    ok = False
     try:
         model = torch.nn.parallel.DistributedDataParallel(_model())
         losses = _run(model, [per_rank[rank] for per_rank in _global_batches()], world_size=2)
         if rank == 0:
             torch.save({"params": model.module.state_dict(), "losses": losses}, out)
+        ok = True
     finally:
-        dist.destroy_process_group()
+        cleanup(ok)  # a barrier first: see its docstring (a teardown deadlock)
 
 
 def _free_port() -> int:

@@ -57,3 +57,18 @@ def test_process_group_gets_an_explicit_generous_timeout(monkeypatch):
     assert seen["timeout"] > timedelta(minutes=10)  # NCCL's default, shorter than a slow rank may lag
     D.init_distributed("cpu", timeout_min=5)
     assert seen["timeout"] == timedelta(minutes=5)
+
+
+@pytest.mark.parametrize("ok, expected", [(True, ["barrier", "sleep", "destroy"]), (False, ["destroy"])])
+def test_teardown_meets_at_a_barrier_only_after_a_clean_run(monkeypatch, ok, expected):
+    # a clean run: every rank reaches the barrier, then the GIL is released so gloo's workers can free what the
+    # last object collectives held before the group's destructor joins them (a deadlock otherwise, 1 in ~40);
+    # after an error a peer may never reach a barrier, so there is none
+    calls = []
+    monkeypatch.setattr(D.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(D.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(D.dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(D.time, "sleep", lambda s: calls.append("sleep"))
+    monkeypatch.setattr(D.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    D.cleanup(ok)
+    assert calls == expected

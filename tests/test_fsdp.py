@@ -17,6 +17,7 @@ import torch
 import torch.multiprocessing as mp
 
 from adafactor_repro.optim import Adafactor, _kernel
+from adafactor_repro.train.distributed import cleanup
 
 STEPS = 3
 # dim 0 (and dim 1, dim -1) odd; a rank-3 tensor (batch dim); a [1, 8] tensor whose second shard is empty.
@@ -68,6 +69,7 @@ def _worker(rank: int, port: int, out: str, ckpt: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
+    ok = False
     calls = [0]
     all_reduce = dist.all_reduce
 
@@ -113,8 +115,9 @@ def _worker(rank: int, port: int, out: str, ckpt: str) -> None:
         results["fsdp"] = dict(params=[p.full_tensor() for p in model.parameters()], placements=placements)
         if rank == 0:
             torch.save(results, out)
+        ok = True
     finally:
-        dist.destroy_process_group()
+        cleanup(ok)  # a barrier first: see its docstring (a teardown deadlock)
 
 
 def _free_port() -> int:

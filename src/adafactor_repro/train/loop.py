@@ -530,7 +530,7 @@ class Trainer:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train (or resume) the run configured by `cfg`; returns its summary (summary.json's content)."""
-    trainer = None
+    trainer, ok = None, False
     try:
         trainer = Trainer(cfg)
         if trainer.finished_before():
@@ -538,11 +538,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if trainer.main:
                 print(f"{trainer.run_dir}: already {prev['status']} at update {prev.get('updates')}; not retraining "
                       f"(delete the directory, or raise trainer.max_update to continue a completed run)", flush=True)
+            ok = True
             return prev
         trainer.setup()
         summary = trainer.fit()
         if trainer.main:  # one line however the run ended: status, updates, wall time, optimizer state, BLEU
             trainer.logger.message(summary_line(summary, trainer.run_dir))
+        ok = True
         return summary
     except Exception as e:
         # Once setup has written the run's first summary (the logger exists from then on), an error leaves a
@@ -554,7 +556,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         if trainer is not None:
             trainer.close()
-        D.cleanup()  # the process group goes with the run, a crash included
+        D.cleanup(ok)  # the process group goes with the run, a crash included
 
 
 def _log_train(logger, optimizer, scheduler, win, num_updates, epoch, counters, device, peak, main, tracked=None):
