@@ -34,7 +34,7 @@ def test_trainer_compiles_the_ddp_module(make_cfg, monkeypatch, one_rank_group):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled.append(m) or m)
     monkeypatch.setattr(L.D, "init_distributed", lambda *a, **k: D.DistInfo(0, 2, 0, torch.device("cpu")))
-    monkeypatch.setattr(L.D, "cleanup", lambda: None)
+    monkeypatch.setattr(L.D, "cleanup", lambda ok=True: None)
     trainer = L.Trainer(make_cfg("trainer.compile=true"))
     try:
         trainer.setup()
