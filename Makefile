@@ -22,7 +22,8 @@ SWEEP       ?=
 LAUNCHER    ?=
 # runs at once: one per core at the cpu scale (each trains on one thread); empty = one per visible GPU
 # (reproduce.py gives each its own CUDA_VISIBLE_DEVICES)
-JOBS        ?= $(if $(filter cpu,$(SCALE)),$(shell nproc 2>/dev/null || echo 1),)
+NPROC       := $(shell nproc 2>/dev/null || echo 1)
+JOBS        ?= $(if $(filter cpu%,$(SCALE)),$(NPROC),)
 ARGS        ?=
 
 help: ## List the targets and their knobs
@@ -30,7 +31,7 @@ help: ## List the targets and their knobs
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
 	@echo
 	@echo "Knobs: SCALE=cpu|gpu|cpu_prenorm|vaswani (auto: $(SCALE))  DATA=wmt14|wmt14_t2t|wmt14_local_dev|multi30k  DATA_DIR=<local copy>"
-	@echo "       SWEEP=table2|table2_core|paper  EXPERIMENTS=table2_A,table2_O  LAUNCHER=slurm  JOBS=$(or $(JOBS),<one per GPU>)"
+	@echo "       SWEEP=table2|table2_core|table3|paper  EXPERIMENTS=table2_A,table2_O  LAUNCHER=slurm  JOBS=$(or $(JOBS),<one per GPU>)"
 	@echo "       RUN=<run directory> (make verify)  ARGS='<extra arguments>'"
 	@echo "       VENV=$(VENV)  TORCH=$(TORCH)  TORCH_INDEX=<pip index for torch, e.g. its CPU wheels>"
 
@@ -57,7 +58,7 @@ data: $(STAMP) ## Build data: DATA=multi30k (shipped in corpora/, offline) | DAT
 train: $(STAMP) ## One training run: make train ARGS='experiments=afx_adafactor schedule=no_warmup'
 	$(PY) scripts/train.py scale=$(SCALE) $(if $(DATA_DIR),data.local_dir=$(abspath $(DATA_DIR))) $(ARGS)
 
-evaluate: $(STAMP) ## BLEU of a run: make evaluate ARGS='run_dir=runs/cpu/afx_adam-warmup'
+evaluate: $(STAMP) ## BLEU of a run: make evaluate ARGS='run_dir=runs/cpu/afx_adam-warmup-s1'
 	$(PY) scripts/evaluate.py $(ARGS)
 
 reproduce: $(STAMP) ## The paper's Table 2 at SCALE (SWEEP=table2: every cell, 3 seeds), then tables and plots
@@ -68,14 +69,14 @@ reproduce: $(STAMP) ## The paper's Table 2 at SCALE (SWEEP=table2: every cell, 3
 # seed 2 (the twin's no-warmup rows A-P only), then seed 3; each call skips what results/<scale>/runs holds.
 TWIN_ROWS := $(shell echo table2_{A,B,C,D,E,F,G,H,I,J,K,L,M,N,O,P} | tr ' ' ',')
 reproduce-cpu-tables: $(STAMP) ## Every table of the paper at the cpu scale (Table 2, Table 3, pre-norm twin; 210 runs), resumable
-	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 1 --jobs $(JOBS) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 1 --jobs $(JOBS) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu_prenorm --sweep table2 --seeds 1 --jobs $(JOBS) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 2 --jobs $(JOBS) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 2 --jobs $(JOBS) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu_prenorm --sweep table2 --seeds 2 --schedules no_warmup --experiments $(TWIN_ROWS) --jobs $(JOBS) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 3 --jobs $(JOBS) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 3 --jobs $(JOBS) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 1 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 1 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu_prenorm --sweep table2 --seeds 1 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 2 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 2 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu_prenorm --sweep table2 --seeds 2 --schedules no_warmup --experiments $(TWIN_ROWS) --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 3 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 3 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
 	$(PY) scripts/make_report.py --scale cpu_prenorm
 	$(PY) scripts/make_report.py --scale cpu
 

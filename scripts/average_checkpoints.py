@@ -1,9 +1,9 @@
 """Average the parameters of the last k periodic checkpoints of a run (Vaswani et al. 2017, Section 6.1:
 "the last 5 checkpoints, written at 10-minute intervals"), for evaluation with scripts/evaluate.py.
 
-    python scripts/average_checkpoints.py runs/gpu/afx_adam-warmup --num 5
-        -> runs/gpu/afx_adam-warmup/checkpoint_avg5.pt
-    python scripts/evaluate.py run_dir=runs/gpu/afx_adam-warmup checkpoint=checkpoint_avg5.pt
+    python scripts/average_checkpoints.py runs/gpu/afx_adam-warmup-s1 --num 3
+        -> runs/gpu/afx_adam-warmup-s1/checkpoint_avg3.pt
+    python scripts/evaluate.py run_dir=runs/gpu/afx_adam-warmup-s1 checkpoint=checkpoint_avg3.pt
 
 Only the checkpoints still on disk can be averaged: keep them with trainer.keep_last >= k.
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 def main(argv=None) -> Path:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir", nargs="?", help="run directory holding checkpoint_<update>.pt files")
-    ap.add_argument("--num", "-k", type=int, default=5, help="average the last k periodic checkpoints (5)")
+    ap.add_argument("--num", "-k", type=int, default=3,
+                    help="average the last k periodic checkpoints (3: trainer.keep_last keeps 3 by default)")
     ap.add_argument("--inputs", nargs="+", help="explicit checkpoint files instead of a run directory")
     ap.add_argument("--output", "-o", help="output file (default <run_dir>/checkpoint_avg<k>.pt)")
     args = ap.parse_args(argv)

@@ -1,8 +1,8 @@
 """BLEU of a run directory or a checkpoint: hypotheses files and bleu.json (sacreBLEU + signature, chrF,
 tokenized compound-split BLEU). Arguments are key=value, like the other entry points:
 
-    python scripts/evaluate.py run_dir=runs/cpu/afx_adam-warmup                  # checkpoint_last.pt
-    python scripts/evaluate.py run_dir=runs/cpu/afx_adam-warmup checkpoint=checkpoint_best.pt beam=1
+    python scripts/evaluate.py run_dir=runs/cpu/afx_adam-warmup-s1                  # checkpoint_last.pt
+    python scripts/evaluate.py run_dir=runs/cpu/afx_adam-warmup-s1 checkpoint=checkpoint_best.pt beam=1
     python scripts/evaluate.py checkpoint=/path/checkpoint_avg5.pt splits=[test] out_dir=/tmp/eval
 
 Decoding settings default to the run's own `eval` config (beam 4, length penalty 0.6, max length

@@ -207,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, extra = argv[:i], argv[i + 1:]
+    # hydra.launcher.* (SLURM partition, time, ...) configures the SLURM launcher only: data preparation and
+    # tabulation compose the config without that launcher, and Hydra refuses an override of a node it lacks
+    launcher = [x for x in extra if x.lstrip("+~").startswith("hydra.launcher.")]
+    extra = [x for x in extra if x not in launcher]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", default="cpu", help="cpu | gpu | vaswani (configs/scale)")
     ap.add_argument("--sweep", default="table2",
@@ -235,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verbose", action="store_true", help="one line per skipped cell, however many")
     ap.add_argument("--dry-run", action="store_true", help="print the commands only")
     args = ap.parse_args(argv)
+    if launcher and args.launcher != "slurm":
+        ap.error(f"{' '.join(launcher)}: hydra.launcher.* overrides configure the SLURM launcher; add --launcher slurm "
+                 "(make reproduce LAUNCHER=slurm) or drop them")
 
     py = sys.executable
     runs_dir = (args.runs_dir or ROOT / "runs" / args.scale).resolve()
@@ -278,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                  "hydra.launcher.tasks_per_node=1", *common, f"experiments={','.join(exps)}",
                  f"schedule={','.join(scheds)}", f"trainer.seed={','.join(map(str, seeds))}",
                  f"hydra.sweep.dir={runs_dir}",
-                 f"run_dir={runs_dir}/${{name}}-${{hydra:runtime.choices.schedule}}-s${{trainer.seed}}", *extra],
+                 f"run_dir={runs_dir}/${{name}}-${{hydra:runtime.choices.schedule}}-s${{trainer.seed}}", *extra, *launcher],
                 args.dry_run)
         if rc != 0:
             failed.append("slurm sweep")

@@ -136,6 +136,20 @@ def test_slurm_grid_asks_one_gpu_per_cell(reproduce, repo_root, capsys):
     assert (cfg.hydra.launcher.gpus_per_node, cfg.hydra.launcher.tasks_per_node) == (1, 1)
 
 
+def test_launcher_overrides_reach_the_slurm_sweep_only(reproduce, capsys):
+    # the README's `make reproduce SCALE=gpu LAUNCHER=slurm ARGS='-- hydra.launcher.partition=gpu'`: data
+    # preparation and tabulation compose without the SLURM launcher, where Hydra refuses hydra.launcher.*
+    assert reproduce.main(["--scale", "gpu", "--launcher", "slurm", "--dry-run", "--",
+                           "hydra.launcher.partition=gpu", "trainer.max_update=5"]) == 0
+    cmds = [x for x in capsys.readouterr().out.splitlines() if x.startswith("+ ")]
+    sweep = [c for c in cmds if "hydra/launcher=slurm" in c]
+    others = [c for c in cmds if c not in sweep]
+    assert len(sweep) == 1 and "hydra.launcher.partition=gpu" in sweep[0] and "trainer.max_update=5" in sweep[0]
+    assert others and all("hydra.launcher" not in c and "trainer.max_update=5" in c for c in others)
+    with pytest.raises(SystemExit):  # without the SLURM launcher they would configure nothing: refused
+        reproduce.main(["--scale", "gpu", "--dry-run", "--", "hydra.launcher.partition=gpu"])
+
+
 def test_make_passes_no_jobs_at_gpu_scale(repo_root):
     import subprocess
 
