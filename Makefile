@@ -67,16 +67,18 @@ reproduce: $(STAMP) ## The paper's Table 2 at SCALE (SWEEP=table2: every cell, 3
 
 # The order declared in docs/cpu_scale.md: every table's seed 1 first (Table 2, Table 3, the pre-norm twin), then
 # seed 2 (the twin's no-warmup rows A-P only), then seed 3; each call skips what results/<scale>/runs holds.
+# one run per core even where SCALE defaults to gpu (a CUDA machine)
+CPU_JOBS  := $(or $(JOBS),$(NPROC))
 TWIN_ROWS := $(shell echo table2_{A,B,C,D,E,F,G,H,I,J,K,L,M,N,O,P} | tr ' ' ',')
 reproduce-cpu-tables: $(STAMP) ## Every table of the paper at the cpu scale (Table 2, Table 3, pre-norm twin; 210 runs), resumable
-	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 1 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 1 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu_prenorm --sweep table2 --seeds 1 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 2 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 2 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu_prenorm --sweep table2 --seeds 2 --schedules no_warmup --experiments $(TWIN_ROWS) --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 3 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
-	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 3 --jobs $(or $(JOBS),$(NPROC)) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 1 --jobs $(CPU_JOBS) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 1 --jobs $(CPU_JOBS) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu_prenorm --sweep table2 --seeds 1 --jobs $(CPU_JOBS) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 2 --jobs $(CPU_JOBS) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 2 --jobs $(CPU_JOBS) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu_prenorm --sweep table2 --seeds 2 --schedules no_warmup --experiments $(TWIN_ROWS) --jobs $(CPU_JOBS) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table2 --seeds 3 --jobs $(CPU_JOBS) $(ARGS)
+	$(PY) scripts/reproduce.py --scale cpu --sweep table3 --seeds 3 --jobs $(CPU_JOBS) $(ARGS)
 	$(PY) scripts/make_report.py --scale cpu_prenorm
 	$(PY) scripts/make_report.py --scale cpu
 
